@@ -1,0 +1,176 @@
+"""Recognise ConvNeXt checkpoint layouts and rename them to this project's.
+
+This project's layout is the official one (``downsample_layers.i.k``,
+``stages.i.j.dwconv|norm|pwconv1|pwconv2|gamma|grn``, ``norm{i}``). Supported:
+
+======================  =====================================================
+layout                  recognised by
+======================  =====================================================
+official                ``downsample_layers.0.0.*`` and ``stages.i.j.dwconv``;
+                        classification ``{'model': ...}`` (1K/22K, V1/V2) or
+                        detection/segmentation ``state_dict`` with ``backbone.``
+mmpretrain              ``stages.i.j.depthwise_conv`` / ``pointwise_conv1``
+timm                    ``stem.0``, ``stages.i.downsample``, ``blocks.j.conv_dw``
+torchvision             ``features.N...block.K``, ``layer_scale``
+======================  =====================================================
+
+Classifier heads and the classifier's final norm are dropped; the per-stage
+output norms ``norm0..3`` of the detection backbone start fresh unless the
+checkpoint is itself a detection/segmentation one.
+"""
+import re
+from typing import Dict, List, Tuple
+
+import torch
+
+from .io import CheckpointError
+
+LAYOUTS = ('official', 'mmpretrain', 'timm', 'torchvision')
+
+_TORCHVISION_BLOCK = {'0': 'dwconv', '2': 'norm', '3': 'pwconv1', '5': 'pwconv2'}
+
+# (pattern, replacement) per layout, applied in order; the first match wins.
+# A replacement of None drops the tensor (heads, classifier norms).
+_RENAMES: Dict[str, List[Tuple[str, object]]] = {
+    'official': [
+        (r'^(norm|head)\.', None),
+        (r'^(downsample_layers|stages|norm\d)\.', r'\g<0>'),
+    ],
+    'mmpretrain': [
+        (r'^head\.', None),
+        (r'^(stages\.\d+\.\d+\.)depthwise_conv\.', r'\1dwconv.'),
+        (r'^(stages\.\d+\.\d+\.)pointwise_conv1\.', r'\1pwconv1.'),
+        (r'^(stages\.\d+\.\d+\.)pointwise_conv2\.', r'\1pwconv2.'),
+        (r'^(downsample_layers|stages|norm\d)\.', r'\g<0>'),
+    ],
+    'timm': [
+        (r'^(head|norm_pre)\.', None),
+        (r'^stem\.(\d)\.', r'downsample_layers.0.\1.'),
+        (r'^stages\.(\d)\.downsample\.(\d)\.', r'downsample_layers.\1.\2.'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.conv_dw\.', r'stages.\1.\2.dwconv.'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.norm\.', r'stages.\1.\2.norm.'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc1\.', r'stages.\1.\2.pwconv1.'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.mlp\.fc2\.', r'stages.\1.\2.pwconv2.'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.mlp\.grn\.weight$', r'stages.\1.\2.grn.gamma'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.mlp\.grn\.bias$', r'stages.\1.\2.grn.beta'),
+        (r'^stages\.(\d)\.blocks\.(\d+)\.gamma$', r'stages.\1.\2.gamma'),
+    ],
+    'torchvision': [
+        (r'^classifier\.', None),
+        (r'^features\.0\.(\d)\.', r'downsample_layers.0.\1.'),
+        (r'^features\.([246])\.(\d)\.', lambda m: f'downsample_layers.{int(m[1]) // 2}.{m[2]}.'),
+        (r'^features\.([1357])\.(\d+)\.block\.([0235])\.',
+         lambda m: f'stages.{int(m[1]) // 2}.{m[2]}.{_TORCHVISION_BLOCK[m[3]]}.'),
+        (r'^features\.([1357])\.(\d+)\.layer_scale$',
+         lambda m: f'stages.{int(m[1]) // 2}.{m[2]}.gamma'),
+    ],
+}
+
+
+def unwrap_state_dict(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Find the tensors of a checkpoint; returns them and the container's name."""
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint, container = checkpoint[key], f"{{'{key}': ...}}"
+            break
+    else:
+        container = 'plain state dict'
+    tensors = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f'No tensors found in the checkpoint ({container}); '
+                              f'top-level keys: {sorted(checkpoint)[:10]}')
+    if all(k.startswith('module.') for k in tensors):
+        tensors = {k[len('module.'):]: v for k, v in tensors.items()}
+    if any(k.startswith('backbone.') for k in tensors):
+        container += ' with backbone. prefix'
+        tensors = {k[len('backbone.'):]: v for k, v in tensors.items() if k.startswith('backbone.')}
+    return tensors, container
+
+
+def detect_layout(keys) -> str:
+    """Name the key layout of a ConvNeXt state dict, or raise naming what it looks like."""
+    keys = list(keys)
+
+    def has(pattern):
+        return any(re.search(pattern, k) for k in keys)
+
+    if has(r'^encoder\.') or has(r'\.kernel$') or has(r'\.(ln|linear)\.(weight|bias)$'):
+        raise CheckpointError(
+            'This looks like a ConvNeXt-V2 FCMAE pre-training checkpoint (sparse-convolution '
+            "layout: 'encoder.' prefix, '.kernel' tensors). It is not supported; use the "
+            'fine-tuned ImageNet-1K/22K V2 checkpoints instead.')
+    if has(r'^features\.\d+\.\d+\.block\.'):
+        return 'torchvision'
+    if has(r'^stem\.0\.') and has(r'^stages\.\d+\.blocks\.\d+\.conv_dw\.'):
+        return 'timm'
+    if has(r'^stages\.\d+\.\d+\.depthwise_conv\.'):
+        return 'mmpretrain'
+    if has(r'^downsample_layers\.0\.0\.') and has(r'^stages\.\d+\.\d+\.dwconv\.'):
+        return 'official'
+    hint = ''
+    if has(r'^layer\d\.') and has(r'^conv1\.'):
+        hint = ' It looks like a ResNet checkpoint.'
+    elif has(r'^(patch_embed|layers\.\d+\.blocks)'):
+        hint = ' It looks like a Swin/ViT checkpoint.'
+    raise CheckpointError(
+        f'Not a ConvNeXt checkpoint in any supported layout {LAYOUTS}.{hint} '
+        f'First keys: {keys[:6]}')
+
+
+def _rename(key: str, layout: str):
+    for pattern, replacement in _RENAMES[layout]:
+        match = re.match(pattern, key)
+        if match:
+            if replacement is None:
+                return None
+            return re.sub(pattern, replacement, key, count=1)
+    return None
+
+
+def _reshape_to_layout(key: str, value: torch.Tensor) -> torch.Tensor:
+    """Bring the shapes that differ between layouts to this project's shapes."""
+    if re.search(r'\.grn\.(gamma|beta)$', key):
+        return value.reshape(1, 1, 1, -1)
+    if re.search(r'^stages\.\d+\.\d+\.gamma$', key):
+        return value.reshape(-1)
+    if re.search(r'\.pwconv[12]\.weight$', key) and value.dim() == 4:
+        return value.flatten(1)  # a 1x1 convolution stored for a Linear
+    return value
+
+
+def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Convert any supported checkpoint to this project's backbone layout.
+
+    Returns the converted state dict and a description of the source format.
+    """
+    tensors, container = unwrap_state_dict(checkpoint)
+    layout = detect_layout(tensors)
+    is_classifier = 'norm0.weight' not in tensors and layout in ('official', 'mmpretrain')
+    converted = {}
+    for key, value in tensors.items():
+        new_key = _rename(key, layout)
+        if new_key is None:
+            continue
+        if is_classifier and re.match(r'^norm\d\.', new_key):
+            continue  # mmpretrain's classifier stores its final norm as norm3
+        converted[new_key] = _reshape_to_layout(new_key, value)
+    if not converted:
+        raise CheckpointError(f'No backbone tensors left after converting the {layout} '
+                              f'checkpoint ({container})')
+    return converted, f'{layout} ({container})'
+
+
+def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[List[int], List[int], str]:
+    """Depths, channels and a readable arch name of a converted state dict."""
+    from ..models.backbones.convnext import NUM_STAGES, ConvNeXt
+    depths, channels = [], []
+    for i in range(NUM_STAGES):
+        blocks = {int(m[1]) for k in state_dict for m in [re.match(rf'^stages\.{i}\.(\d+)\.', k)] if m}
+        depths.append(max(blocks) + 1 if blocks else 0)
+        conv_key = f'downsample_layers.{i}.{0 if i == 0 else 1}.weight'
+        channels.append(int(state_dict[conv_key].shape[0]) if conv_key in state_dict else 0)
+    version = 'V2' if any('.grn.' in k for k in state_dict) else 'V1'
+    name = next((n for n, s in ConvNeXt.arch_settings.items()
+                 if s['depths'] == depths and s['channels'] == channels), None)
+    readable = f'{name} {version}' if name else f'depths={depths} channels={channels} {version}'
+    return depths, channels, readable

@@ -1,0 +1,60 @@
+"""Loading pretrained weights of any supported layout into a ConvNeXt."""
+from typing import Optional
+
+import torch.nn as nn
+from mmengine.logging import MMLogger
+
+from .formats import describe_arch, to_convnext_mm
+from .io import CheckpointError, load_checkpoint_file
+
+
+def load_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str] = None) -> None:
+    """Load ``checkpoint`` (path or URL, ``.pth`` or ``.safetensors``) into ``model``.
+
+    The layout is detected (see ``convnext_mm.checkpoint.formats``). Raises
+    ``CheckpointError`` naming the detected format and arch when no tensor
+    matches or the checkpoint was made for another arch.
+    """
+    raw = load_checkpoint_file(checkpoint)
+    if prefix:
+        source = raw.get('state_dict', raw.get('model', raw))
+        raw = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+        if not raw:
+            raise CheckpointError(f'No key of {checkpoint!r} starts with prefix {prefix!r}')
+    state_dict, source_format = to_convnext_mm(raw)
+    load_converted(model, state_dict, checkpoint, source_format)
+
+
+def load_converted(model: nn.Module, state_dict: dict, checkpoint: str,
+                   source_format: str) -> None:
+    """Load a state dict already in this project's layout, checking that it fits.
+
+    ``checkpoint`` and ``source_format`` name its origin in messages.
+    """
+    logger = MMLogger.get_current_instance()
+    depths, _, ckpt_arch = describe_arch(state_dict)
+    model_arch = describe_arch(model.state_dict())[2]
+    where = f'Checkpoint {checkpoint!r} (format: {source_format}, arch: {ckpt_arch})'
+
+    own = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                  if k in own and v.shape != own[k].shape]
+    if mismatched:
+        key, got, want = mismatched[0]
+        raise CheckpointError(f'{where} does not fit this ConvNeXt (arch: {model_arch}): '
+                              f'{len(mismatched)} shape mismatches, first {key}: checkpoint '
+                              f'{got} vs model {want}')
+    model_depths = describe_arch(own)[0]
+    if depths != model_depths:
+        raise CheckpointError(f'{where} does not fit this ConvNeXt (arch: {model_arch}): '
+                              f'stage depths {depths} vs {model_depths}')
+    matched = [k for k in state_dict if k in own]
+    if not matched:
+        raise CheckpointError(f'{where}: no tensor matches this ConvNeXt (arch: {model_arch})')
+
+    result = model.load_state_dict(state_dict, strict=False)
+    logger.info(f'{where}: loaded {len(matched)}/{len(own)} backbone tensors')
+    if result.missing_keys:
+        logger.info(f'not in the checkpoint (kept at their init): {result.missing_keys}')
+    if result.unexpected_keys:
+        logger.warning(f'in the checkpoint but not in the model: {result.unexpected_keys}')

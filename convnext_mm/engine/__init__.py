@@ -1,0 +1,3 @@
+from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
+
+__all__ = ['ConvNeXtLayerDecayOptimizerConstructor']

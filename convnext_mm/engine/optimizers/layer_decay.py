@@ -1,0 +1,131 @@
+"""Layer-wise learning-rate decay for ConvNeXt backbones.
+
+The rule of the official ConvNeXt detection/segmentation code (and of mmdet's
+and mmseg's ``LearningRateDecayOptimizerConstructor``): every parameter gets a
+layer id, and its lr is ``base_lr * decay_rate ** (num_layers + 1 - layer_id)``.
+
+``layer_wise``: stem -> 0; stage 0 -> 1; downsample 1 and stage 1 -> 2;
+downsample 2 -> 3; stage 2 blocks in groups of three -> 3, 4, ...;
+downsample 3 and stage 3 -> num_layers; anything outside the backbone stages
+(output norms, neck, heads) -> num_layers + 1.
+
+``stage_wise``: all downsample layers -> 0; stage i -> i + 1; anything else ->
+num_layers + 1.
+"""
+from typing import List
+
+import torch.nn as nn
+from mmengine.dist import get_dist_info
+from mmengine.logging import MMLogger
+from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+
+from ...models.backbones.convnext import ConvNeXt
+
+DECAY_TYPES = ('layer_wise', 'stage_wise')
+PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers')
+
+
+def fitting_num_layers(backbone: ConvNeXt) -> int:
+    """The ``num_layers`` of the official recipes: 6 for 9 or fewer blocks in stage 2, else 12."""
+    depth = backbone.depths[2]
+    return 6 if depth <= 9 else max(12, 4 + (depth - 1) // 3)
+
+
+def get_layer_id(name: str, num_layers: int, decay_type: str) -> int:
+    """Layer id of the parameter ``name`` of a model whose backbone is a ConvNeXt."""
+    parts = name.split('.')
+    if parts[0] != 'backbone' or parts[1] not in ('downsample_layers', 'stages'):
+        return num_layers + 1
+    stage = int(parts[2])
+    if decay_type == 'stage_wise':
+        return 0 if parts[1] == 'downsample_layers' else stage + 1
+    if parts[1] == 'downsample_layers':
+        return (0, 2, 3, num_layers)[stage]
+    return (1, 2, 3 + int(parts[3]) // 3, num_layers)[stage]
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+    """Optimizer-wrapper constructor with layer-wise lr decay for ConvNeXt.
+
+    ``paramwise_cfg`` keys:
+
+    - ``decay_rate`` (float, required): in (0, 1].
+    - ``decay_type`` (str): 'layer_wise' (default) or 'stage_wise'.
+    - ``num_layers`` (int, optional): 6 for backbones with at most 9 blocks in
+      stage 2 (T and smaller), 12 for the 27-block ones; derived when omitted.
+
+    Biases and all 1-D parameters (norms, layer scale) as well as GRN get no
+    weight decay; frozen parameters are left out.
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict = None):
+        paramwise_cfg = dict(paramwise_cfg or {})
+        unknown = sorted(set(paramwise_cfg) - set(PARAMWISE_KEYS))
+        if unknown:
+            raise ValueError(f'Unknown paramwise_cfg keys {unknown} for '
+                             f'ConvNeXtLayerDecayOptimizerConstructor; allowed: {PARAMWISE_KEYS}')
+        decay_rate = paramwise_cfg.get('decay_rate')
+        if (not isinstance(decay_rate, (int, float)) or isinstance(decay_rate, bool)
+                or not 0 < decay_rate <= 1):
+            raise ValueError(f'paramwise_cfg.decay_rate must be a number in (0, 1], '
+                             f'got {decay_rate!r}')
+        paramwise_cfg.setdefault('decay_type', 'layer_wise')
+        if paramwise_cfg['decay_type'] not in DECAY_TYPES:
+            raise ValueError(f"paramwise_cfg.decay_type {paramwise_cfg['decay_type']!r} is "
+                             f'unknown; choose one of {DECAY_TYPES}')
+        num_layers = paramwise_cfg.get('num_layers')
+        if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 1):
+            raise ValueError(f'paramwise_cfg.num_layers must be a positive int or omitted, '
+                             f'got {num_layers!r}')
+        super().__init__(optim_wrapper_cfg, paramwise_cfg)
+
+    def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
+        backbone = getattr(module, 'backbone', None)
+        if not isinstance(backbone, ConvNeXt):
+            raise TypeError(f'ConvNeXtLayerDecayOptimizerConstructor needs a model whose '
+                            f"'backbone' is a convnext_mm ConvNeXt, got "
+                            f'{type(backbone).__name__ if backbone is not None else "no backbone"}'
+                            f' in {type(module).__name__}')
+        fits = fitting_num_layers(backbone)
+        num_layers = self.paramwise_cfg.get('num_layers', fits)
+        if num_layers != fits:
+            raise ValueError(f'paramwise_cfg.num_layers={num_layers} does not fit this backbone '
+                             f'(stage depths {backbone.depths}); use num_layers={fits} '
+                             f'or leave it out')
+        decay_rate = self.paramwise_cfg['decay_rate']
+        decay_type = self.paramwise_cfg['decay_type']
+
+        groups = {}
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            no_decay = param.ndim == 1 or name.endswith('.bias') or '.grn.' in name
+            layer_id = get_layer_id(name, num_layers, decay_type)
+            key = (layer_id, no_decay)
+            if key not in groups:
+                scale = decay_rate**(num_layers + 1 - layer_id)
+                groups[key] = dict(
+                    params=[], param_names=[], lr=self.base_lr * scale, lr_scale=scale,
+                    weight_decay=0. if no_decay else self.base_wd,
+                    group_name=f'layer_{layer_id}_{"no_decay" if no_decay else "decay"}')
+            groups[key]['params'].append(param)
+            groups[key]['param_names'].append(name)
+        ordered = [groups[key] for key in sorted(groups)]
+        params.extend(ordered)
+        if get_dist_info()[0] == 0:
+            self._log_table(ordered, decay_type, decay_rate, num_layers)
+
+    @staticmethod
+    def _log_table(groups: List[dict], decay_type: str, decay_rate: float,
+                   num_layers: int) -> None:
+        lines = [f'ConvNeXt layer decay: {decay_type}, decay_rate={decay_rate}, '
+                 f'num_layers={num_layers}, {len(groups)} param groups',
+                 f'{"group":<20} {"lr_scale":>8} {"wd":>6} {"tensors":>7} {"params":>10}  '
+                 f'first .. last']
+        for g in groups:
+            lines.append(f'{g["group_name"]:<20} {g["lr_scale"]:>8.4f} {g["weight_decay"]:>6.3g} '
+                         f'{len(g["params"]):>7} {sum(p.numel() for p in g["params"]):>10}  '
+                         f'{g["param_names"][0]} .. {g["param_names"][-1]}')
+        MMLogger.get_current_instance().info('\n'.join(lines))

@@ -1,0 +1,3 @@
+from .backbones import ConvNeXt
+
+__all__ = ['ConvNeXt']

@@ -1,0 +1,278 @@
+"""ConvNeXt backbone: numerics against timm and torchvision, shapes, options."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, randomize_
+
+from convnext_mm import ConvNeXt
+from convnext_mm.models.backbones.convnext import ConvNeXtBlock
+
+timm = pytest.importorskip('timm')
+torchvision = pytest.importorskip('torchvision')
+
+
+def layer_norm_nchw(x, norm):
+    """Reference channels-first LayerNorm with the parameters of ``norm``."""
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), norm.weight, norm.bias, norm.eps)
+    return y.permute(0, 3, 1, 2)
+
+
+def timm_stage_outputs(model, x):
+    x = model.stem(x)
+    outs = []
+    for stage in model.stages:
+        x = stage(x)
+        outs.append(x)
+    return outs
+
+
+def torchvision_stage_outputs(model, x):
+    outs = []
+    for i, layer in enumerate(model.features):
+        x = layer(x)
+        if i % 2 == 1:
+            outs.append(x)
+    return outs
+
+
+def load_into_ours(tmp_path, state_dict, suffix='.pth', **kwargs):
+    path = str(tmp_path / f'ckpt{suffix}')
+    if suffix == '.safetensors':
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
+    else:
+        torch.save(state_dict, path)
+    model = ConvNeXt(init_cfg=dict(type='Pretrained', checkpoint=path), **kwargs)
+    model.init_weights()
+    return randomize_output_norms(model).eval()
+
+
+def randomize_output_norms(model):
+    with torch.no_grad():
+        for i in model.out_indices:
+            norm = getattr(model, f'norm{i}')
+            norm.weight.copy_(1 + 0.1 * torch.randn_like(norm.weight))
+            norm.bias.copy_(0.1 * torch.randn_like(norm.bias))
+    return model
+
+
+def assert_matches_reference(ours, reference_outs, x):
+    with torch.no_grad():
+        outs = ours(x)
+    assert len(outs) == 4
+    for i, (out, ref) in enumerate(zip(outs, reference_outs)):
+        expected = layer_norm_nchw(ref, getattr(ours, f'norm{i}'))
+        assert out.shape == expected.shape
+        err = (out - expected).abs().max().item()
+        assert err <= 1e-5, f'stage {i}: max abs error {err}'
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+@pytest.mark.parametrize('timm_name,kwargs', [
+    ('convnext_tiny', dict(arch='tiny')),
+    ('convnextv2_atto', dict(arch='atto', use_grn=True)),
+])
+def test_matches_timm(tmp_path, suffix, timm_name, kwargs):
+    reference = randomize_(timm.create_model(timm_name, pretrained=False)).eval()
+    ours = load_into_ours(tmp_path, reference.state_dict(), suffix, **kwargs)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        reference_outs = timm_stage_outputs(reference, x)
+    assert_matches_reference(ours, reference_outs, x)
+
+
+@pytest.mark.parametrize('suffix', ['.pth', '.safetensors'])
+def test_matches_torchvision(tmp_path, suffix):
+    reference = randomize_(torchvision.models.convnext_tiny()).eval()
+    ours = load_into_ours(tmp_path, reference.state_dict(), suffix, arch='tiny')
+    x = torch.randn(1, 3, 100, 132)
+    with torch.no_grad():
+        reference_outs = torchvision_stage_outputs(reference, x)
+    assert_matches_reference(ours, reference_outs, x)
+
+
+def test_parameter_names_are_the_official_layout():
+    """timm's converter of official checkpoints accepts our state dict as one."""
+    from timm.models.convnext import checkpoint_filter_fn
+    ours = randomize_(ConvNeXt('tiny')).eval()
+    official = {k: v for k, v in ours.state_dict().items() if not k.startswith('norm')}
+    official.update({'norm.weight': torch.ones(768), 'norm.bias': torch.zeros(768),
+                     'head.weight': torch.zeros(1000, 768), 'head.bias': torch.zeros(1000)})
+    reference = timm.create_model('convnext_tiny', pretrained=False)
+    reference.load_state_dict(checkpoint_filter_fn({'model': official}, reference), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference_outs = timm_stage_outputs(reference.eval(), x)
+    assert_matches_reference(ours, reference_outs, x)
+
+
+def test_tiny_parameter_count_matches_timm_body():
+    ours = sum(p.numel() for p in ConvNeXt('tiny').parameters())
+    reference = timm.create_model('convnext_tiny', pretrained=False)
+    body = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith('head'))
+    stage_norms = 2 * sum([96, 192, 384, 768])
+    assert ours == body + stage_norms
+    assert abs(ours - 27.8e6) < 0.1e6
+
+
+@pytest.mark.parametrize('arch', list(ConvNeXt.arch_settings))
+def test_every_arch_shapes_and_channels(arch):
+    setting = ConvNeXt.arch_settings[arch]
+    with torch.device('meta'):
+        model = ConvNeXt(arch)
+        for h, w in [(224, 224), (200, 333)]:
+            outs = model(torch.empty(2, 3, h, w))
+            for i, out in enumerate(outs):
+                stride = 4 * 2**i
+                size = (h // 4 // 2**i, w // 4 // 2**i)
+                assert tuple(out.shape) == (2, setting['channels'][i]) + size, (arch, i, stride)
+    assert model.out_channels == setting['channels']
+    assert model.out_strides == [4, 8, 16, 32]
+    assert [len(s) for s in model.stages] == setting['depths']
+
+
+@pytest.mark.parametrize('size', [(64, 64), (97, 130), (33, 47)])
+def test_real_forward_odd_sizes(size):
+    model = ConvNeXt('atto').eval()
+    outs = model(torch.randn(1, 3, *size))
+    h, w = size
+    for i, out in enumerate(outs):
+        assert out.shape[-2:] == (h // 4 // 2**i, w // 4 // 2**i)
+        assert torch.isfinite(out).all()
+
+
+def test_out_indices_subset_and_negative():
+    model = ConvNeXt('atto', out_indices=(-1, 1)).eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert model.out_indices == (1, 3)
+    assert [o.shape[1] for o in outs] == [80, 320]
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+
+
+def test_kernel_size_option():
+    model = ConvNeXt('atto', kernel_size=3)
+    assert model.stages[0][0].dwconv.kernel_size == (3, 3)
+    assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 40, 16, 16)
+
+
+def test_layer_scale_and_grn_options():
+    assert ConvNeXt('atto').stages[0][0].gamma is not None
+    assert ConvNeXt('atto', layer_scale_init_value=0).stages[0][0].gamma is None
+    v2 = ConvNeXt('atto', use_grn=True)
+    assert v2.stages[0][0].gamma is None
+    assert v2.stages[0][0].grn.gamma.shape == (1, 1, 1, 160)
+
+
+def test_drop_path_rates_rise_linearly():
+    model = ConvNeXt('tiny', drop_path_rate=0.4)
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for stage in model.stages for b in stage]
+    expected = torch.linspace(0, 0.4, 18).tolist()
+    assert rates == pytest.approx(expected)
+
+
+def test_frozen_stages_get_no_gradient_and_stay_in_eval():
+    model = ConvNeXt('atto', frozen_stages=2)
+    model.train()
+    frozen = [model.downsample_layers[0], model.downsample_layers[1], model.stages[0],
+              model.stages[1]]
+    assert all(not m.training for f in frozen for m in f.modules())
+    assert model.stages[2].training
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    for f in frozen:
+        for p in f.parameters():
+            assert not p.requires_grad and p.grad is None
+    assert all(p.grad is not None for p in model.stages[2].parameters())
+
+
+def test_with_cp_gives_same_outputs_and_gradients():
+    plain = randomize_(ConvNeXt('atto', drop_path_rate=0.3)).train()
+    checkpointed = ConvNeXt('atto', drop_path_rate=0.3, with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(123)
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, inp.grad, {n: p.grad for n, p in model.named_parameters()}))
+    (outs_a, xgrad_a, grads_a), (outs_b, xgrad_b, grads_b) = results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(xgrad_a, xgrad_b, rtol=1e-5, atol=1e-6)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_input_gives_same_outputs():
+    model = randomize_(ConvNeXt('atto')).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+        outs = model(x.contiguous(memory_format=torch.channels_last))
+    for a, b in zip(ref, outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_layernorm_in_fp32_under_half_precision():
+    from convnext_mm.models.backbones.layers import LayerNorm2d
+    norm = LayerNorm2d(64, eps=1e-6)
+    # A large mean: the variance computed in bf16 would be far off.
+    x = (100 + torch.randn(2, 64, 8, 8)).bfloat16()
+    expected = layer_norm_nchw(x.float(), norm)
+    out = norm(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.01, atol=0.01)
+    model = randomize_(ConvNeXt('atto')).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        low = model(x)
+    with torch.no_grad():
+        high = model(x)
+    for a, b in zip(low, high):
+        assert (a.float() - b).abs().mean() < 0.05 * b.abs().mean()
+
+
+def test_compiles_without_graph_breaks():
+    model = ConvNeXt('atto').eval()
+    x = torch.randn(1, 3, 64, 64)
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        for a, b in zip(compiled(x), model(x)):
+            torch.testing.assert_close(a, b)
+
+
+def test_block_residual_is_identity_when_branch_is_zero():
+    block = ConvNeXtBlock(8, layer_scale_init_value=0)
+    torch.nn.init.zeros_(block.pwconv2.weight)
+    torch.nn.init.zeros_(block.pwconv2.bias)
+    x = torch.randn(1, 8, 5, 5)
+    torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
+def test_builds_from_config_under_downstream_scopes(scope):
+    registry = pytest.importorskip(f'{scope}.registry')
+    model = registry.MODELS.build(dict(type='ConvNeXt', arch='atto', out_indices=(1, 2)))
+    assert isinstance(model, ConvNeXt) and model.out_indices == (1, 2)
+
+
+def test_custom_imports_in_a_config_and_no_mmdet_needed(tmp_path):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)\n"
+                   "backbone = dict(type='ConvNeXt', arch='femto')\n")
+    script = (
+        'import sys\n'
+        'from mmengine.config import Config\n'
+        f'cfg = Config.fromfile({str(cfg)!r})\n'
+        "assert 'mmdet' not in sys.modules and 'mmseg' not in sys.modules, 'import pulled mmdet'\n"
+        'from mmdet.registry import MODELS\n'
+        'm = MODELS.build(cfg.backbone)\n'
+        "print(type(m).__module__, m.channels)\n")
+    out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'convnext_mm.models.backbones.convnext [48, 96, 192, 384]' in out.stdout
