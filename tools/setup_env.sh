@@ -54,13 +54,12 @@ fi
 if ! "$PY" - "$ROOT/requirements/env.txt" <<'PYEOF' 2>/dev/null
 import sys
 from importlib.metadata import version
+from packaging.requirements import Requirement
 for line in open(sys.argv[1]):
-    req = line.split('#')[0].strip()
-    if not req:
-        continue
-    name, _, pinned = req.partition('==')
-    installed = version(name)
-    assert not pinned or installed == pinned, (name, installed, pinned)
+    line = line.split('#')[0].strip()
+    if line:
+        req = Requirement(line)
+        assert req.specifier.contains(version(req.name), prereleases=True), line
 PYEOF
 then
     step requirements "${PIP[@]}" install -r "$ROOT/requirements/env.txt"
@@ -73,13 +72,13 @@ assert mmcv.__version__ == '$MMCV_VERSION', mmcv.__version__
 PYEOF
 }
 
-build_mmcv() {
+build_mmcv() (  # a subshell: the exports below stay inside it
     local src="$1" out="$2"
-    # mmcv 2.1.0's setup.py imports pkg_resources, which setuptools >= 70 no
-    # longer has, while torch 2.14 requires setuptools >= 77 in the venv. The
-    # build (run without isolation, so it compiles against the venv's torch)
-    # therefore sees an older setuptools from a throw-away folder first on
-    # PYTHONPATH; the venv itself keeps the setuptools torch wants.
+    # mmcv 2.1.0's setup.py is known to build with setuptools < 70 (it imports
+    # pkg_resources and predates setuptools' later build changes), while the
+    # venv must keep setuptools >= 77 for torch 2.14. The build (run without
+    # isolation, so it compiles against the venv's torch) therefore sees
+    # setuptools < 70 from a throw-away folder first on PYTHONPATH.
     "${PIP[@]}" install --target "$src/build-setuptools" "setuptools<70" &&
     export PYTHONPATH="$src/build-setuptools${PYTHONPATH:+:$PYTHONPATH}" &&
     export PATH="$VENV/bin:$PATH" &&
@@ -91,7 +90,7 @@ build_mmcv() {
     grep -n 'std=c++20' "$src/mmcv-$MMCV_VERSION/setup.py" &&
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "${PIP[@]}" wheel --no-build-isolation --no-deps -w "$out" "$src/mmcv-$MMCV_VERSION"
-}
+)
 
 if ! mmcv_ok; then
     # A GPU build needs nvcc and a visible GPU (or FORCE_CUDA=1 from the user).
@@ -123,7 +122,8 @@ if ! mmcv_ok; then
     mmcv_ok || { echo "[setup_env] mmcv installed but mmcv.ops does not import; see $LOG_DIR/mmcv-install.log" >&2; exit 1; }
 fi
 
-if ! "$PY" -c "import convnext_mm" 2>/dev/null; then
+# Checked from / so that the working tree's own folder does not count as installed.
+if ! (cd / && "$PY" -c "import convnext_mm, sys; sys.exit(not convnext_mm.__file__.startswith('$ROOT/'))") 2>/dev/null; then
     step package "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 fi
 

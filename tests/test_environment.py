@@ -1,0 +1,72 @@
+"""The environment: package import, mmcv's compiled ops (guards the source build)."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+
+def test_package_imports_with_version():
+    import convnext_mm
+    assert convnext_mm.__version__.count('.') == 2
+
+
+def test_collect_env_reports_compiled_ops():
+    out = subprocess.run([sys.executable, 'tools/collect_env.py'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in ('torch', 'mmcv', 'mmengine', 'mmdet', 'mmseg', 'timm', 'CUDA available'):
+        assert f'\n{name} ' in '\n' + out.stdout
+    assert 'compiled, loaded' in out.stdout
+    assert 'smoke test : passed' in out.stdout
+
+
+def test_stack_imports():
+    import mmcv
+    import mmcv.ops  # noqa: F401
+    import mmdet
+    import mmseg
+    import timm  # noqa: F401
+    assert mmcv.__version__ < '2.2.0' and mmdet.__version__.startswith('3.')
+    assert mmseg.__version__.startswith('1.')
+
+
+def test_roi_align_hand_computed():
+    from mmcv.ops import roi_align
+    # f(y, x) = 10 * y + x on a 5x5 map; bilinear sampling of a linear map is exact.
+    ys, xs = torch.meshgrid(torch.arange(5.), torch.arange(5.), indexing='ij')
+    feat = (10 * ys + xs)[None, None]
+    # aligned=True: box [1, 1, 3, 3] in pixel-edge coordinates covers pixel centres 0.5..2.5;
+    # a 2x2 output with one sample per bin samples the bin centres y, x in {1.0, 2.0}.
+    rois = torch.tensor([[0., 1., 1., 3., 3.]])
+    out = roi_align(feat, rois, (2, 2), 1.0, 1, 'avg', True)
+    expected = torch.tensor([[[[11., 12.], [21., 22.]]]])
+    torch.testing.assert_close(out, expected)
+
+
+def test_roi_align_matches_torchvision():
+    from mmcv.ops import roi_align
+    torchvision_ops = pytest.importorskip('torchvision.ops')
+    feat = torch.randn(2, 3, 16, 20)
+    rois = torch.tensor([[0., 1.3, 2.2, 9.7, 12.1], [1., 0., 0., 19., 15.], [1., 4., 5., 6., 7.]])
+    ours = roi_align(feat, rois, (7, 7), 0.5, 2, 'avg', True)
+    reference = torchvision_ops.roi_align(feat, rois, (7, 7), 0.5, 2, True)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_nms_hand_computed():
+    from mmcv.ops import batched_nms
+    # IoU(box0, box1) = 81 / 119 = 0.68; box2 is disjoint; box3 is inside box0 (IoU 0.25).
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [20., 20., 30., 30.],
+                          [0., 0., 5., 5.]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    cfg = dict(type='nms', iou_threshold=0.5)
+    dets, keep = batched_nms(boxes, scores, torch.tensor([0, 0, 0, 0]), cfg)
+    assert keep.tolist() == [0, 2, 3]
+    torch.testing.assert_close(dets[:, 4], torch.tensor([0.9, 0.7, 0.6]))
+    _, keep = batched_nms(boxes, scores, torch.tensor([0, 1, 0, 0]), cfg)
+    assert keep.tolist() == [0, 1, 2, 3]  # different classes never suppress each other
+    _, keep = batched_nms(boxes, scores, torch.tensor([0, 0, 0, 0]),
+                          dict(type='nms', iou_threshold=0.7))
+    assert keep.tolist() == [0, 1, 2, 3]

@@ -1,0 +1,213 @@
+"""Layer-wise lr decay: equal to mmdet's and mmseg's own constructors, stable under schedulers."""
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.config import Config
+from mmengine.model import BaseModel
+from mmengine.optim import build_optim_wrapper
+
+from convnext_mm import ConvNeXt
+from convnext_mm.engine.optimizers.layer_decay import ConvNeXtLayerDecayOptimizerConstructor
+
+OPTIMIZER = dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05)
+
+
+def mim_config(package, relpath):
+    module = pytest.importorskip(package)
+    return Config.fromfile(osp.join(osp.dirname(module.__file__), '.mim', 'configs', relpath),
+                           import_custom_modules=False)
+
+
+def cascade_model(arch):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    cfg = mim_config('mmdet', '_base_/models/cascade-mask-rcnn_r50_fpn.py').model
+    cfg.backbone = dict(type='ConvNeXt', arch=arch, drop_path_rate=0.4)
+    cfg.neck.in_channels = [96, 192, 384, 768]
+    return MODELS.build(cfg)
+
+
+def upernet_model(arch):
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    cfg = mim_config('mmseg', '_base_/models/upernet_convnext.py').model
+    cfg.backbone = dict(type='ConvNeXt', arch=arch, drop_path_rate=0.4)
+    return MODELS.build(cfg)
+
+
+def per_param(optim_wrapper, model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    table = {}
+    for group in optim_wrapper.optimizer.param_groups:
+        for p in group['params']:
+            table[names[id(p)]] = (group['lr'], group['weight_decay'])
+    return table
+
+
+class TinyDetector(BaseModel):
+
+    def __init__(self, backbone=None, frozen_stages=0):
+        super().__init__()
+        self.backbone = backbone or ConvNeXt('atto', frozen_stages=frozen_stages)
+        self.neck = nn.Conv2d(320, 8, 1)
+
+    def forward(self, *args, **kwargs):
+        pass
+
+
+def build(model, wrapper='OptimWrapper', **paramwise_cfg):
+    return build_optim_wrapper(model, dict(
+        type=wrapper, optimizer=OPTIMIZER, paramwise_cfg=paramwise_cfg,
+        constructor='ConvNeXtLayerDecayOptimizerConstructor'))
+
+
+@pytest.mark.parametrize('decay_type', ['layer_wise', 'stage_wise'])
+@pytest.mark.parametrize('arch,decay_rate,num_layers', [('tiny', 0.7, 6), ('small', 0.7, 12)])
+@pytest.mark.parametrize('package,model_fn', [('mmdet', cascade_model), ('mmseg', upernet_model)])
+def test_matches_upstream_constructor(package, model_fn, arch, decay_rate, num_layers, decay_type):
+    model = model_fn(arch)
+    upstream_cls = pytest.importorskip(f'{package}.engine.optimizers').\
+        LearningRateDecayOptimizerConstructor
+    paramwise_cfg = dict(decay_rate=decay_rate, decay_type=decay_type, num_layers=num_layers)
+    optim_wrapper_cfg = dict(type='OptimWrapper', optimizer=OPTIMIZER)
+    theirs = per_param(upstream_cls(optim_wrapper_cfg, paramwise_cfg)(model), model)
+    ours = per_param(ConvNeXtLayerDecayOptimizerConstructor(optim_wrapper_cfg, paramwise_cfg)(model),
+                     model)
+    assert ours.keys() == theirs.keys()
+    assert len(ours) == len(list(model.parameters()))
+    for name in ours:
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-12), name
+
+
+def test_cascade_tiny_scale_table():
+    model = cascade_model('tiny')
+    wrapper = build(model, decay_rate=0.7, decay_type='layer_wise', num_layers=6)
+    scales = {}
+    for group in wrapper.optimizer.param_groups:
+        scales[int(group['group_name'].split('_')[1])] = group['lr_scale']
+    assert sorted(scales) == list(range(8))
+    expected = [0.082, 0.118, 0.168, 0.240, 0.343, 0.490, 0.700, 1.0]
+    assert [round(scales[i], 3) for i in range(8)] == expected
+
+
+def test_num_layers_is_derived():
+    wrapper = build(TinyDetector(), decay_rate=0.5)
+    scales = {g['group_name']: g['lr_scale'] for g in wrapper.optimizer.param_groups}
+    assert scales['layer_0_decay'] == pytest.approx(0.5**7)  # atto: 6 layers, stem id 0
+    assert scales['layer_7_no_decay'] == 1.0
+
+
+def test_no_weight_decay_for_norms_biases_gamma_and_grn():
+    model = TinyDetector(ConvNeXt('atto', use_grn=True))
+    table = per_param(build(model, decay_rate=0.9), model)
+    for name, (_, wd) in table.items():
+        one_d_or_bias = model.get_parameter(name).ndim == 1 or name.endswith('.bias')
+        assert wd == (0. if one_d_or_bias or '.grn.' in name else 0.05), name
+    for name in ('backbone.stages.0.0.grn.gamma', 'backbone.stages.0.0.norm.weight',
+                 'backbone.norm0.weight', 'backbone.downsample_layers.1.0.weight'):
+        assert table[name][1] == 0., name
+    for name in ('backbone.stages.0.0.pwconv1.weight', 'backbone.stages.0.0.dwconv.weight',
+                 'neck.weight'):
+        assert table[name][1] == 0.05, name
+    model = TinyDetector()
+    assert per_param(build(model, decay_rate=0.9), model)['backbone.stages.0.0.gamma'][1] == 0.
+
+
+def test_frozen_parameters_are_left_out():
+    model = TinyDetector(frozen_stages=1)
+    table = per_param(build(model, decay_rate=0.9), model)
+    assert not any(n.startswith(('backbone.stages.0.', 'backbone.downsample_layers.0.'))
+                   for n in table)
+    assert 'backbone.stages.1.0.dwconv.weight' in table
+
+
+@pytest.mark.parametrize('schedulers', [
+    [dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=5),
+     dict(type='MultiStepLR', milestones=[7], gamma=0.1, by_epoch=False)],
+    [dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=4),
+     dict(type='PolyLR', power=1.0, eta_min=0.0, begin=4, end=20, by_epoch=False)],
+])
+@pytest.mark.parametrize('wrapper', ['OptimWrapper', 'AmpOptimWrapper'])
+def test_ratios_hold_under_schedulers(schedulers, wrapper, monkeypatch):
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+    # AmpOptimWrapper refuses to build without a GPU; the lr groups do not depend on it.
+    monkeypatch.setattr(amp_optimizer_wrapper, 'is_cuda_available', lambda: True)
+    optim_wrapper = build(TinyDetector(), wrapper, decay_rate=0.7)
+    optimizer = optim_wrapper.optimizer
+    initial = [g['lr'] for g in optimizer.param_groups]
+    top = initial.index(max(initial))
+    built = [PARAM_SCHEDULERS.build(dict(s, optimizer=optim_wrapper)) for s in schedulers]
+    for _ in range(10):
+        optimizer.step()
+        for scheduler in built:
+            scheduler.step()
+        lrs = [g['lr'] for g in optimizer.param_groups]
+        assert lrs[top] != initial[top]
+        for i, lr in enumerate(lrs):
+            assert lr == pytest.approx(lrs[top] * initial[i] / initial[top], rel=1e-9, abs=1e-18)
+
+
+def test_works_with_ddp_wrapped_model(tmp_path):
+    import torch.distributed as dist
+    from mmengine.model import MMDistributedDataParallel
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/rendezvous', rank=0,
+                            world_size=1)
+    try:
+        model = TinyDetector()
+        wrapped = MMDistributedDataParallel(module=model)
+        table = per_param(build(wrapped, decay_rate=0.7), model)
+        assert table == per_param(build(model, decay_rate=0.7), model)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('paramwise_cfg,error,match', [
+    (dict(decay_rate=0.7, num_layers=12), ValueError, 'num_layers=12 .*use num_layers=6'),
+    (dict(decay_rate=0.7, decay_type='block_wise'), ValueError, "'block_wise' is unknown"),
+    (dict(decay_rate=1.5), ValueError, r'decay_rate must be a number in \(0, 1\], got 1.5'),
+    (dict(decay_rate=0), ValueError, r'decay_rate .* got 0'),
+    (dict(), ValueError, 'decay_rate .* got None'),
+    (dict(decay_rate=0.7, num_layer=6), ValueError, r"Unknown paramwise_cfg keys \['num_layer'\]"),
+])
+def test_misconfiguration_errors(paramwise_cfg, error, match):
+    with pytest.raises(error, match=match):
+        build(TinyDetector(), **paramwise_cfg)
+
+
+def test_non_convnext_backbone_is_an_error():
+    model = TinyDetector(backbone=nn.Conv2d(3, 8, 3))
+    with pytest.raises(TypeError, match="'backbone' is a convnext_mm ConvNeXt, got Conv2d"):
+        build(model, decay_rate=0.7)
+
+
+def test_logs_a_compact_table():
+    import logging
+
+    from mmengine.logging import MMLogger
+    messages = []
+
+    class Collect(logging.Handler):
+
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        wrapper = build(TinyDetector(), decay_rate=0.7)
+    finally:
+        logger.removeHandler(handler)
+    table = [m for m in messages if m.startswith('ConvNeXt layer decay')]
+    assert len(table) == 1
+    lines = table[0].splitlines()
+    assert 'layer_wise, decay_rate=0.7, num_layers=6' in lines[0]
+    assert len(lines) == 2 + len(wrapper.optimizer.param_groups)
+    assert any(line.startswith('layer_0_decay') and line.endswith(
+        'backbone.downsample_layers.0.0.weight .. backbone.downsample_layers.0.0.weight')
+        for line in lines)

@@ -1,0 +1,140 @@
+"""Write a small, deterministic COCO-format instance dataset for demos and tests.
+
+    python tools/make_toy_data.py [--out data/toy_coco] [--num-train 96] [--num-val 24]
+
+Each image has a textured background (smooth colour noise plus stripes) and one
+to four non-overlapping objects of three classes (circle, square, triangle) of
+varied size, rotation and colour, annotated with boxes and polygon masks:
+
+    OUT/train/000000.png ...   OUT/annotations/instances_train.json
+    OUT/val/000000.png ...     OUT/annotations/instances_val.json
+
+The same arguments always give the same files. The real COCO loading code is
+used unchanged on it (``CocoDataset`` with this ``metainfo``).
+"""
+import argparse
+import json
+import math
+import os
+import os.path as osp
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ('circle', 'square', 'triangle')
+PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75)]
+
+
+def textured_background(rng, height, width):
+    base = rng.uniform(40, 215, size=3)
+    coarse = rng.normal(0, 25, size=(height // 32 + 2, width // 32 + 2, 3))
+    noise = np.asarray(Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize(
+        (width, height), Image.BILINEAR), dtype=np.float32) - 128
+    angle, period = rng.uniform(0, math.pi), rng.uniform(6, 20)
+    ys, xs = np.mgrid[:height, :width]
+    stripes = 12 * np.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period)
+    fine = rng.normal(0, 6, size=(height, width, 3))
+    return np.clip(base + noise + stripes[..., None] + fine, 0, 255).astype(np.uint8), base
+
+
+def shape_polygon(rng, label, cx, cy, radius):
+    if label == 0:
+        angles = np.linspace(0, 2 * math.pi, 32, endpoint=False)
+    else:
+        corners = 4 if label == 1 else 3
+        angles = rng.uniform(0, 2 * math.pi) + np.arange(corners) * 2 * math.pi / corners
+    return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles]
+
+
+def polygon_area(points):
+    xs, ys = np.array(points).T
+    return float(0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
+
+
+def contrasting_colour(rng, background):
+    while True:
+        colour = rng.uniform(0, 255, size=3)
+        if np.abs(colour - background).sum() > 180:
+            return tuple(int(c) for c in colour)
+
+
+def make_image(rng, height, width, max_objects):
+    pixels, background = textured_background(rng, height, width)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    placed, objects = [], []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _attempt in range(20):
+            radius = rng.uniform(0.08, 0.22) * min(height, width)
+            cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+            if all(math.hypot(cx - x, cy - y) > radius + r + 4 for x, y, r in placed):
+                break
+        else:
+            continue
+        label = int(rng.integers(len(CLASSES)))
+        polygon = shape_polygon(rng, label, cx, cy, radius)
+        draw.polygon(polygon, fill=contrasting_colour(rng, background))
+        placed.append((cx, cy, radius))
+        objects.append((label, polygon))
+    return image, objects
+
+
+def write_split(out, split, num_images, seed, height, width, max_objects):
+    os.makedirs(osp.join(out, split), exist_ok=True)
+    images, annotations = [], []
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, index, split == 'val'])
+        image, objects = make_image(rng, height, width, max_objects)
+        file_name = f'{index:06d}.png'
+        image.save(osp.join(out, split, file_name))
+        images.append(dict(id=index + 1, file_name=file_name, height=height, width=width))
+        for label, polygon in objects:
+            xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+            x0, y0 = max(min(xs), 0), max(min(ys), 0)
+            x1, y1 = min(max(xs), width), min(max(ys), height)
+            annotations.append(
+                dict(id=len(annotations) + 1, image_id=index + 1, category_id=label + 1,
+                     bbox=[round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
+                     area=round(polygon_area(polygon), 2), iscrowd=0,
+                     segmentation=[[round(v, 2) for p in polygon for v in p]]))
+    coco = dict(
+        info=dict(description='convnext_mm toy instances', version='1.0'),
+        images=images, annotations=annotations,
+        categories=[dict(id=i + 1, name=name, supercategory='shape')
+                    for i, name in enumerate(CLASSES)])
+    os.makedirs(osp.join(out, 'annotations'), exist_ok=True)
+    path = osp.join(out, 'annotations', f'instances_{split}.json')
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(coco, f)
+    os.replace(tmp, path)
+    return len(images), len(annotations)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Write the toy COCO-format dataset.')
+    parser.add_argument('--out', default='data/toy_coco', help='output folder')
+    parser.add_argument('--num-train', type=int, default=96)
+    parser.add_argument('--num-val', type=int, default=24)
+    parser.add_argument('--size', type=int, nargs=2, default=(256, 256), metavar=('H', 'W'))
+    parser.add_argument('--max-objects', type=int, default=4)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ('num_train', 'num_val', 'max_objects'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    if min(args.size) < 64:
+        parser.error(f'--size must be at least 64x64, got {args.size}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for split, count in (('train', args.num_train), ('val', args.num_val)):
+        n_images, n_objects = write_split(args.out, split, count, args.seed, *args.size,
+                                          args.max_objects)
+        print(f'{split}: {n_images} images, {n_objects} objects -> {args.out}/{split}')
+
+
+if __name__ == '__main__':
+    main()
