@@ -116,7 +116,7 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='data/toy_coco', help='output folder')
     parser.add_argument('--num-train', type=int, default=96)
     parser.add_argument('--num-val', type=int, default=24)
-    parser.add_argument('--size', type=int, nargs=2, default=(256, 256), metavar=('H', 'W'))
+    parser.add_argument('--size', type=int, nargs=2, default=(192, 192), metavar=('H', 'W'))
     parser.add_argument('--max-objects', type=int, default=4)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)

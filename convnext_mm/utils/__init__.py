@@ -1,0 +1,3 @@
+from .runtime import adapt_to_device, allow_mmengine_checkpoint_globals
+
+__all__ = ['adapt_to_device', 'allow_mmengine_checkpoint_globals']

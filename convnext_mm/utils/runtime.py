@@ -1,0 +1,87 @@
+"""What tools/train.py and tools/test.py share: device adaptation and safe resuming."""
+import logging
+import pickle
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+
+def _replace_sync_bn(node) -> int:
+    """Turn SyncBN into BN everywhere in a config tree; returns how many were changed."""
+    changed = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            changed += 1
+        for value in node.values():
+            changed += _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            changed += _replace_sync_bn(value)
+    return changed
+
+
+def adapt_to_device(cfg: Config) -> None:
+    """Let a GPU recipe run on a machine without CUDA, saying what changed.
+
+    Without CUDA: distributed runs use gloo instead of nccl, SyncBN (CUDA only)
+    becomes BN, and AMP (mmengine's AmpOptimWrapper needs a GPU) becomes fp32.
+    Nothing changes where CUDA is available.
+    """
+    if torch.cuda.is_available():
+        return
+    changes = []
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        dist_cfg['backend'] = 'gloo'
+        changes.append('distributed backend nccl -> gloo')
+    if cfg.get('launcher', 'none') != 'none' and _replace_sync_bn(cfg.model):
+        changes.append('SyncBN -> BN')
+    if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'OptimWrapper'
+        cfg.optim_wrapper.pop('loss_scale', None)
+        changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
+    if changes:
+        print_log(f'No CUDA device: {"; ".join(changes)}', logger='current', level=logging.WARNING)
+
+
+def _history_buffer_method(owner, name):
+    """Stands in for ``builtins.getattr`` while unpickling a checkpoint.
+
+    mmengine pickles ``HistoryBuffer``'s statistics methods (min, max, mean,
+    current) as ``getattr(HistoryBuffer, 'min')``. A real ``getattr`` would let
+    a crafted pickle walk from any allowed object to arbitrary code, so only
+    those lookups are answered.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if owner is HistoryBuffer:
+        if name in ('min', 'max', 'mean', 'current'):  # registered by every HistoryBuffer
+            return getattr(HistoryBuffer, name)
+        if name in HistoryBuffer._statistics_methods:  # custom ones registered in this process
+            return HistoryBuffer._statistics_methods[name]
+    raise pickle.UnpicklingError(
+        f'Refused getattr({owner!r}, {name!r}) in a checkpoint: only the statistics methods '
+        f'of mmengine\'s HistoryBuffer are allowed')
+
+
+def allow_mmengine_checkpoint_globals() -> None:
+    """Allow-list, for ``torch.load(weights_only=True)``, exactly the non-tensor
+    objects that mmengine 0.10 writes into its checkpoints: the message hub's
+    ``HistoryBuffer`` (with its statistics methods) and the numpy arrays,
+    dtypes and scalars inside it.
+
+    torch >= 2.6 loads with ``weights_only=True`` by default, so ``--resume``
+    fails on mmengine's own checkpoints without this; the restricted unpickler
+    stays on for everything else.
+    """
+    import numpy as np
+    from mmengine.logging.history_buffer import HistoryBuffer
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(name)) for name in ('float64', 'float32', 'int64', 'int32')]
+    torch.serialization.add_safe_globals(
+        [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype] + dtype_classes +
+        [(_history_buffer_method, 'builtins.getattr')])

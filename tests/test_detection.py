@@ -1,0 +1,182 @@
+"""COCO recipes: every config's values, the full detector, and the tools end to end on toy data."""
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from mmengine.config import Config
+
+pytest.importorskip('mmdet')
+
+CONFIGS = osp.join(ROOT, 'configs')
+DEMO = osp.join(CONFIGS, 'demo', 'cascade_convnext_demo.py')
+URL = 'https://dl.fbaipublicfiles.com/convnext/'
+
+# config: arch, channels, pretrained file, lr, decay rate, num_layers, drop path, AMP, detector
+RECIPES = {
+    'cascade_convnext_t_coco': ('tiny', 96, 'convnext_tiny_1k_224.pth', 2e-4, 0.7, 6, 0.4, True),
+    'cascade_convnext_s_coco': ('small', 96, 'convnext_small_1k_224.pth', 2e-4, 0.7, 12, 0.6, True),
+    'cascade_convnext_b_coco': ('base', 128, 'convnext_base_1k_224.pth', 2e-4, 0.8, 12, 0.7, True),
+    'cascade_convnext_b_in22k_coco':
+    ('base', 128, 'convnext_base_22k_224.pth', 1e-4, 0.8, 12, 0.6, True),
+    'cascade_convnext_l_in22k_coco':
+    ('large', 192, 'convnext_large_22k_224.pth', 1e-4, 0.7, 12, 0.7, False),
+    'cascade_convnext_xl_in22k_coco':
+    ('xlarge', 256, 'convnext_xlarge_22k_224.pth', 1e-4, 0.7, 12, 0.8, False),
+    'mask_rcnn_convnext_t_coco': ('tiny', 96, 'convnext_tiny_1k_224.pth', 1e-4, 0.95, 6, 0.4, True),
+}
+
+
+def load(name):
+    return Config.fromfile(osp.join(CONFIGS, f'{name}.py'))
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_recipe_values(name):
+    arch, c0, weights, lr, decay, layers, drop_path, amp = RECIPES[name]
+    cfg = load(name)
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == ('ConvNeXt', arch, drop_path)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + weights)
+    assert cfg.model.neck.in_channels == [c0, 2 * c0, 4 * c0, 8 * c0]
+    assert cfg.custom_imports.imports == ['convnext_mm']
+    wrapper = cfg.optim_wrapper
+    assert wrapper.type == ('AmpOptimWrapper' if amp else 'OptimWrapper')
+    assert wrapper.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert wrapper.paramwise_cfg == dict(decay_rate=decay, decay_type='layer_wise',
+                                         num_layers=layers)
+    assert wrapper.optimizer == dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == \
+        ('LinearLR', 0.001, 500, False)
+    assert (steps.type, steps.milestones, steps.gamma) == ('MultiStepLR', [27, 33], 0.1)
+    assert cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
+    branches = cfg.train_pipeline[3]
+    assert branches.type == 'RandomChoice'
+    multi_scale, crop = branches.transforms
+    assert multi_scale[0].scales == [(s, 1333) for s in range(480, 801, 32)]
+    assert [t.type for t in crop] == ['RandomChoiceResize', 'RandomCrop', 'RandomChoiceResize']
+    assert crop[0].scales == [(400, 1333), (500, 1333), (600, 1333)]
+    assert crop[1].crop_size == (384, 600) and crop[1].crop_type == 'absolute_range'
+    if name.startswith('cascade'):
+        heads = cfg.model.roi_head.bbox_head
+        assert len(heads) == 3
+        for head in heads:
+            assert (head.type, head.num_shared_convs, head.num_shared_fcs) == \
+                ('ConvFCBBoxHead', 4, 1)
+            assert head.norm_cfg.type == 'SyncBN' and not head.reg_class_agnostic
+            assert head.loss_bbox == dict(type='GIoULoss', loss_weight=10.0)
+            assert head.reg_decoded_bbox
+        assert [h.bbox_coder.target_stds[0] for h in heads] == [0.1, 0.05, 0.033]
+    else:
+        assert cfg.model.type == 'MaskRCNN'
+
+
+@pytest.fixture(scope='module')
+def det_scope():
+    from mmdet.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    import convnext_mm  # noqa: F401
+
+
+@pytest.mark.parametrize('name,params', [('cascade_convnext_t_coco', 86e6),
+                                         ('mask_rcnn_convnext_t_coco', 48e6),
+                                         ('cascade_convnext_xl_in22k_coco', 407e6)])
+def test_models_build_with_published_sizes(det_scope, name, params):
+    from mmdet.registry import MODELS
+    with torch.device('meta'):
+        model = MODELS.build(load(name).model)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - params) / params < 0.02, count
+
+
+def test_cascade_tiny_forward_backward_on_cpu(det_scope):
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    cfg = load('cascade_convnext_t_coco').model
+    cfg.backbone.init_cfg = None
+    model = MODELS.build(cfg)
+    model.init_weights()
+    model.train()
+    packed = demo_mm_inputs(1, [[3, 192, 256]], num_items=[3], with_mask=True)
+    data = model.data_preprocessor(packed, training=True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    total, log_vars = model.parse_losses(losses)
+    assert torch.isfinite(total)
+    assert {'loss_rpn_cls', 's0.loss_cls', 's2.loss_bbox', 's2.loss_mask'} <= set(log_vars)
+    total.backward()
+    assert model.backbone.stages[0][0].dwconv.weight.grad.abs().sum() > 0
+    assert model.roi_head.bbox_head[2].shared_fcs[0].weight.grad is not None
+
+
+@pytest.fixture(scope='module')
+def toy_coco(tmp_path_factory):
+    out = tmp_path_factory.mktemp('toy_coco')
+    subprocess.run([sys.executable, 'tools/make_toy_data.py', '--out', str(out), '--num-train',
+                    '8', '--num-val', '4', '--size', '128', '128'], cwd=ROOT, check=True)
+    return str(out) + '/'
+
+
+def data_options(root, **extra):
+    options = {
+        'train_dataloader.dataset.data_root': root,
+        'val_dataloader.dataset.data_root': root,
+        'test_dataloader.dataset.data_root': root,
+        'val_evaluator.ann_file': root + 'annotations/instances_val.json',
+        'test_evaluator.ann_file': root + 'annotations/instances_val.json',
+        'default_hooks.checkpoint.interval': 1,
+        'default_hooks.logger.interval': 1,
+        'randomness.seed': 0,
+    }
+    options.update(extra)
+    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+
+
+def run(args, timeout=900, **kwargs):
+    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, **kwargs)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_train_test_and_resume_on_toy_data(toy_coco, tmp_path):
+    work = str(tmp_path / 'work')
+    short = data_options(toy_coco, **{'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 5})
+    log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
+    assert 'Epoch(train) [1][4/4]' in log
+    assert osp.isfile(osp.join(work, 'epoch_1.pth'))
+
+    log = run(['tools/test.py', DEMO, osp.join(work, 'epoch_1.pth'), '--work-dir', work,
+               '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)
+    for metric in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
+        assert re.search(metric + r': -?\d', log), metric
+    assert osp.getsize(tmp_path / 'preds.pkl') > 0
+    assert len(glob.glob(osp.join(work, '*', 'vis', '*.png'))) == 4
+
+    longer = data_options(toy_coco, **{'train_cfg.max_epochs': 2, 'train_cfg.val_interval': 5})
+    log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
+    assert re.search(r'resumed epoch: 1, iter: 4', log)
+    assert 'Epoch(train) [2][4/4]' in log and 'Epoch(train) [1]' not in log
+    assert osp.isfile(osp.join(work, 'epoch_2.pth'))
+
+
+def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
+    work = str(tmp_path / 'dist')
+    env = dict(os.environ, PORT='29612')
+    out = subprocess.run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work] +
+                         data_options(toy_coco, **{'train_cfg.max_epochs': 1,
+                                                   'train_cfg.val_interval': 5}),
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert 'gloo' in log and 'world_size: 2' in log
+    # 8 images over 2 ranks x 2 images: both ranks train 2 iterations each.
+    assert 'Epoch(train) [1][2/2]' in log
+    assert sorted(os.listdir(work)).count('epoch_1.pth') == 1
+    assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['epoch_1.pth']

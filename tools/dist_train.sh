@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Distributed training on one node: bash tools/dist_train.sh CONFIG NUM_PROCS [train.py args]
+# Multi-node: NNODES=2 NODE_RANK=0 MASTER_ADDR=host0 bash tools/dist_train.sh CONFIG 8
+# Without CUDA the processes run on the CPU with the gloo backend.
+set -euo pipefail
+CONFIG=$1
+NPROCS=$2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+ROOT="$(dirname "$0")/.."
+PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python )}
+
+PYTHONPATH="$ROOT":${PYTHONPATH:-} \
+"$PYTHON" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$NPROCS" \
+    --master_port="$PORT" \
+    "$ROOT/tools/train.py" \
+    "$CONFIG" \
+    --launcher pytorch "${@:3}"

@@ -1,0 +1,96 @@
+"""Test (evaluate) a trained detector or segmentor (mmdet/mmseg command line).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
+                         [--show-dir DIR] [--tta] [--cfg-options k=v ...] [--launcher pytorch]
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from convnext_mm.utils import adapt_to_device, allow_mmengine_checkpoint_globals  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--out', help='dump predictions to a pickle file (.pkl/.pickle)')
+    parser.add_argument('--show-dir', help='save pictures of the predictions into this dir '
+                        '(relative to the work dir\'s timestamped folder)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation from the '
+                        "config's tta_model / tta_pipeline")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def enable_visualization(cfg, show_dir):
+    hooks = cfg.default_hooks
+    name = 'visualization'
+    if name not in hooks:
+        raise KeyError('--show-dir needs default_hooks.visualization in the config')
+    hooks[name]['draw'] = True
+    hooks[name]['show'] = False
+    if cfg.default_scope == 'mmdet':
+        hooks[name]['test_out_dir'] = show_dir
+    else:  # mmseg's SegVisualizationHook writes under the visualizer's save_dir
+        cfg.visualizer['save_dir'] = show_dir
+        hooks[name]['interval'] = 1
+
+
+def enable_tta(cfg):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise KeyError('--tta needs tta_model and tta_pipeline in the config')
+    cfg.model = dict(cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+
+
+def build_config(args) -> Config:
+    for path, what in ((args.config, 'Config file'), (args.checkpoint, 'Checkpoint')):
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{what} not found: {path!r}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must end in .pkl or .pickle, got {args.out!r}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        enable_visualization(cfg, args.show_dir)
+    if args.tta:
+        enable_tta(cfg)
+    adapt_to_device(cfg)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    allow_mmengine_checkpoint_globals()
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if args.out is not None:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
