@@ -10,9 +10,9 @@ metainfo = dict(classes=('circle', 'square', 'triangle'),
                 palette=[(220, 20, 60), (0, 130, 200), (60, 180, 75)])
 num_classes = len(metainfo['classes'])
 
-# Toy images hold at most 4 objects: sample 16 RoIs per image (COCO: 512) from 100
+# Toy images hold at most 4 objects: sample 32 RoIs per image (COCO: 512) from 100
 # proposals (COCO: 2000), which cuts the 4conv1fc heads' cost, the bulk of a CPU step.
-rcnn_train = [dict(stage, sampler=dict(stage.sampler, num=16)) for stage in _base_.model.train_cfg.rcnn]
+rcnn_train = [dict(stage, sampler=dict(stage.sampler, num=32)) for stage in _base_.model.train_cfg.rcnn]
 # The same neck and heads (FPN, RPN, three 4conv1fc box heads, 4-conv mask head) at 64
 # channels instead of 256, and 256-wide fc layers instead of 1024.
 width = 64
@@ -21,7 +21,7 @@ bbox_heads = [
          fc_out_channels=4 * width) for head in _base_.model.roi_head.bbox_head
 ]
 model = dict(
-    backbone=dict(arch='atto', drop_path_rate=0.0, layer_scale_init_value=0.1, init_cfg=None),
+    backbone=dict(arch='atto', drop_path_rate=0.1, init_cfg=None),
     neck=dict(in_channels=[40, 80, 160, 320], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(
@@ -83,6 +83,6 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[18, 22],
          gamma=0.1),
 ]
-optim_wrapper = dict(optimizer=dict(lr=2e-3))
+optim_wrapper = dict(optimizer=dict(lr=5e-4))
 auto_scale_lr = dict(base_batch_size=2)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=4, max_keep_ckpts=2))

@@ -25,8 +25,9 @@ def _replace_sync_bn(node) -> int:
 def adapt_to_device(cfg: Config) -> None:
     """Let a GPU recipe run on a machine without CUDA, saying what changed.
 
-    Without CUDA: distributed runs use gloo instead of nccl, SyncBN (CUDA only)
-    becomes BN, and AMP (mmengine's AmpOptimWrapper needs a GPU) becomes fp32.
+    Without CUDA: distributed runs use gloo instead of nccl (and the process
+    group is started here), SyncBN (CUDA only) becomes BN, and AMP (mmengine's
+    AmpOptimWrapper needs a GPU) becomes fp32.
     Nothing changes where CUDA is available.
     """
     if torch.cuda.is_available():
@@ -36,12 +37,24 @@ def adapt_to_device(cfg: Config) -> None:
     if dist_cfg.get('backend', 'nccl') != 'gloo':
         dist_cfg['backend'] = 'gloo'
         changes.append('distributed backend nccl -> gloo')
-    if cfg.get('launcher', 'none') != 'none' and _replace_sync_bn(cfg.model):
+    distributed = cfg.get('launcher', 'none') != 'none'
+    if distributed and _replace_sync_bn(cfg.model):
         changes.append('SyncBN -> BN')
+    if distributed and cfg.get('model_wrapper_cfg') is None:
+        # mmengine's default wrapper passes a CUDA device id, which DDP refuses for CPU modules.
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        changes.append('DDP without device_ids')
     if cfg.get('optim_wrapper', {}).get('type') == 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
         changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
+    if cfg.launcher == 'pytorch' and not torch.distributed.is_initialized():
+        # mmengine's init_dist calls torch.cuda.set_device, which fails without CUDA;
+        # the runner skips its own init when the process group already exists.
+        torch.distributed.init_process_group(backend='gloo', init_method='env://')
+        changes.append('process group started with gloo')
     if changes:
         print_log(f'No CUDA device: {"; ".join(changes)}', logger='current', level=logging.WARNING)
 
