@@ -17,11 +17,11 @@ test: $(ENV_STAMP)
 DEMO_DET := configs/demo/cascade_convnext_demo.py
 DEMO_DET_DIR := work_dirs/demo_det
 
+# The demo trains without validation; its test step evaluates once and draws pictures.
 demo: $(ENV_STAMP)
 	$(PYTHON) tools/collect_env.py
 	$(PYTHON) tools/make_toy_data.py --out data/toy_coco
 	rm -rf $(DEMO_DET_DIR)
-	# No validation while training: the test step below evaluates once and draws pictures.
 	$(PYTHON) tools/train.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) \
 		--cfg-options val_cfg=None val_dataloader=None val_evaluator=None
 	$(PYTHON) tools/test.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \

@@ -1,5 +1,6 @@
 import os
 import re
+import shutil
 
 from setuptools import find_packages, setup
 
@@ -11,12 +12,22 @@ def read_version():
         return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
 
 
-def config_files():
-    """configs/ ships inside the package as convnext_mm/.mim/configs."""
-    files = []
-    for dirpath, _, names in os.walk(os.path.join(HERE, 'configs')):
-        files += [os.path.relpath(os.path.join(dirpath, n), HERE) for n in names if n.endswith('.py')]
-    return files
+def ship_configs():
+    """Copy configs/ to convnext_mm/.mim/configs, where OpenMMLab tools look for a
+    package's configs (``Config.fromfile('convnext_mm::cascade_convnext_t_coco.py')``)."""
+    source = os.path.join(HERE, 'configs')
+    target = os.path.join(HERE, 'convnext_mm', '.mim', 'configs')
+    if not os.path.isdir(source) or os.path.islink(target):
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    try:  # a link keeps an editable install in step with configs/
+        os.symlink(os.path.join('..', '..', 'configs'), target)
+    except OSError:
+        shutil.copytree(source, target)
+
+
+ship_configs()
 
 
 setup(
@@ -41,7 +52,6 @@ setup(
                 'pycocotools', 'ftfy', 'regex', 'timm'],
         'tests': ['pytest', 'timm', 'torchvision'],
     },
-    data_files=[],
-    include_package_data=True,
+    package_data={'convnext_mm': ['.mim/configs/*.py', '.mim/configs/*/*.py']},
     zip_safe=False,
 )

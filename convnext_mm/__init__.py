@@ -7,7 +7,25 @@ mmengine's root registries, so they build under any downstream scope
 """
 __version__ = '0.1.0'
 
+import os.path as osp  # noqa: E402
+
 from .engine import ConvNeXtLayerDecayOptimizerConstructor  # noqa: E402
 from .models import ConvNeXt  # noqa: E402
 
-__all__ = ['__version__', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor']
+__all__ = ['__version__', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor', 'get_config_path']
+
+
+def get_config_path(name: str) -> str:
+    """Path of a config shipped with the package, e.g. 'cascade_convnext_t_coco.py'.
+
+    Installed packages carry configs/ as convnext_mm/.mim/configs; a source
+    checkout also finds them in the repository's configs/.
+    """
+    here = osp.dirname(osp.abspath(__file__))
+    for root in (osp.join(here, '.mim', 'configs'), osp.join(osp.dirname(here), 'configs')):
+        path = osp.join(root, name)
+        if osp.isfile(path):
+            return path
+    raise FileNotFoundError(f'No shipped config named {name!r} (looked in {here}/.mim/configs '
+                            f'and the source tree)')
+

@@ -12,6 +12,16 @@ def test_package_imports_with_version():
     assert convnext_mm.__version__.count('.') == 2
 
 
+def test_shipped_configs_are_reachable_from_the_package():
+    from mmengine.config import Config
+
+    import convnext_mm
+    path = convnext_mm.get_config_path('cascade_convnext_t_coco.py')
+    assert Config.fromfile(path).model.backbone.type == 'ConvNeXt'
+    with pytest.raises(FileNotFoundError, match='no_such.py'):
+        convnext_mm.get_config_path('no_such.py')
+
+
 def test_collect_env_reports_compiled_ops():
     out = subprocess.run([sys.executable, 'tools/collect_env.py'], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)

@@ -2,7 +2,6 @@
 import os.path as osp
 
 import pytest
-import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import BaseModel

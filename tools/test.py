@@ -14,7 +14,8 @@ from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from convnext_mm.utils import adapt_to_device, allow_mmengine_checkpoint_globals  # noqa: E402
+from convnext_mm.utils import (adapt_to_device, allow_mmengine_checkpoint_globals,  # noqa: E402
+                               load_tool_config)
 
 
 def parse_args(argv=None):
@@ -59,19 +60,11 @@ def enable_tta(cfg):
 
 
 def build_config(args) -> Config:
-    for path, what in ((args.config, 'Config file'), (args.checkpoint, 'Checkpoint')):
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{what} not found: {path!r}')
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'Checkpoint not found: {args.checkpoint!r}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must end in .pkl or .pickle, got {args.out!r}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)

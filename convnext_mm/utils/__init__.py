@@ -1,3 +1,3 @@
-from .runtime import adapt_to_device, allow_mmengine_checkpoint_globals
+from .runtime import adapt_to_device, allow_mmengine_checkpoint_globals, load_tool_config
 
-__all__ = ['adapt_to_device', 'allow_mmengine_checkpoint_globals']
+__all__ = ['adapt_to_device', 'allow_mmengine_checkpoint_globals', 'load_tool_config']

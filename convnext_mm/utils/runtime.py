@@ -1,10 +1,26 @@
 """What tools/train.py and tools/test.py share: device adaptation and safe resuming."""
 import logging
+import os.path as osp
 import pickle
 
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
+
+
+def load_tool_config(args) -> Config:
+    """The config of a train/test command line: file, --cfg-options, --launcher, --work-dir."""
+    if not osp.isfile(args.config):
+        raise FileNotFoundError(f'Config file not found: {args.config!r}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def _replace_sync_bn(node) -> int:
