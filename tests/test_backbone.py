@@ -276,3 +276,26 @@ def test_custom_imports_in_a_config_and_no_mmdet_needed(tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert 'convnext_mm.models.backbones.convnext [48, 96, 192, 384]' in out.stdout
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='tinyy'), r"Unknown ConvNeXt arch 'tinyy'; choose one of \['atto'"),
+    (dict(arch=dict(depths=[3, 3, 9])), r"exactly the keys 'depths' and 'channels', got keys"),
+    (dict(arch=dict(depths=[3, 3, 9], channels=[1, 2, 3, 4])), r"arch\['depths'\] must be 4 positive"),
+    (dict(out_indices=(0, 4)), r'out_indices entry 4 is out of range; allowed: integers in \[-4, 3\]'),
+    (dict(out_indices=(3, -1)), r'name the same stage twice'),
+    (dict(out_indices=()), r'out_indices must be a non-empty sequence'),
+    (dict(frozen_stages=5), r'frozen_stages must be an int in \[-1, 4\].*got 5'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be in \[0, 1\), got -0.1'),
+    (dict(kernel_size=4), r'kernel_size must be a positive odd int.*got 4'),
+    (dict(layer_scale_init_value=-1), r'layer_scale_init_value must be >= 0'),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConvNeXt(**kwargs)
+
+
+@pytest.mark.parametrize('shape', [(1, 1, 64, 64), (3, 64, 64)])
+def test_bad_input_raises_clear_error(shape):
+    with pytest.raises(ValueError, match=r'expects an \(N, 3, H, W\) tensor, got shape'):
+        ConvNeXt('atto')(torch.randn(*shape))
