@@ -55,14 +55,23 @@ def test_roi_align_hand_computed():
     torch.testing.assert_close(out, expected)
 
 
-def test_roi_align_matches_torchvision():
+def test_roi_align_forward_and_backward_match_torchvision():
     from mmcv.ops import roi_align
     torchvision_ops = pytest.importorskip('torchvision.ops')
     feat = torch.randn(2, 3, 16, 20)
     rois = torch.tensor([[0., 1.3, 2.2, 9.7, 12.1], [1., 0., 0., 19., 15.], [1., 4., 5., 6., 7.]])
-    ours = roi_align(feat, rois, (7, 7), 0.5, 2, 'avg', True)
-    reference = torchvision_ops.roi_align(feat, rois, (7, 7), 0.5, 2, True)
+    feat.requires_grad_()
+    weights = torch.randn(3, 3, 7, 7)
+    grads = []
+    for op in (lambda: roi_align(feat, rois, (7, 7), 0.5, 2, 'avg', True),
+               lambda: torchvision_ops.roi_align(feat, rois, (7, 7), 0.5, 2, True)):
+        out = op()
+        (out * weights).sum().backward()
+        grads.append((out.detach(), feat.grad.clone()))
+        feat.grad = None
+    (ours, ours_grad), (reference, reference_grad) = grads
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_batched_nms_hand_computed():
