@@ -4,18 +4,17 @@
                          [--show-dir DIR] [--tta] [--cfg-options k=v ...] [--launcher pytorch]
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.registry import RUNNERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from convnext_mm.utils import (adapt_to_device, allow_mmengine_checkpoint_globals,  # noqa: E402
-                               load_tool_config)
+                               load_tool_config, parse_tool_args)
 
 
 def parse_args(argv=None):
@@ -28,14 +27,7 @@ def parse_args(argv=None):
                         '(relative to the work dir\'s timestamped folder)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation from the '
                         "config's tta_model / tta_pipeline")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_tool_args(parser, argv)
 
 
 def enable_visualization(cfg, show_dir):

@@ -1,3 +1,6 @@
-from .runtime import adapt_to_device, allow_mmengine_checkpoint_globals, load_tool_config
+from .runtime import (adapt_to_device, allow_mmengine_checkpoint_globals, load_tool_config,
+                      parse_tool_args)
 
-__all__ = ['adapt_to_device', 'allow_mmengine_checkpoint_globals', 'load_tool_config']
+__all__ = [
+    'adapt_to_device', 'allow_mmengine_checkpoint_globals', 'load_tool_config', 'parse_tool_args'
+]

@@ -1,11 +1,26 @@
 """What tools/train.py and tools/test.py share: device adaptation and safe resuming."""
+import argparse
 import logging
+import os
 import os.path as osp
 import pickle
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Add the flags every OpenMMLab train/test tool shares, parse, and export LOCAL_RANK."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value (e.g. '
+                        'train_dataloader.batch_size=4)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def load_tool_config(args) -> Config:
@@ -53,7 +68,8 @@ def adapt_to_device(cfg: Config) -> None:
     if dist_cfg.get('backend', 'nccl') != 'gloo':
         dist_cfg['backend'] = 'gloo'
         changes.append('distributed backend nccl -> gloo')
-    distributed = cfg.get('launcher', 'none') != 'none'
+    launcher = cfg.get('launcher', 'none')
+    distributed = launcher != 'none'
     if distributed and _replace_sync_bn(cfg.model):
         changes.append('SyncBN -> BN')
     if distributed and cfg.get('model_wrapper_cfg') is None:
@@ -66,7 +82,7 @@ def adapt_to_device(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
         changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
-    if cfg.launcher == 'pytorch' and not torch.distributed.is_initialized():
+    if launcher == 'pytorch' and not torch.distributed.is_initialized():
         # mmengine's init_dist calls torch.cuda.set_device, which fails without CUDA;
         # the runner skips its own init when the process group already exists.
         torch.distributed.init_process_group(backend='gloo', init_method='env://')
