@@ -3,7 +3,7 @@ PYTHON := .venv/bin/python
 ENV_STAMP := .venv/.convnext_mm-env
 PYTEST_ARGS ?=
 
-.PHONY: env test demo clean-env
+.PHONY: env test demo demo-det demo-seg clean-env
 
 env: $(ENV_STAMP)
 
@@ -16,16 +16,27 @@ test: $(ENV_STAMP)
 
 DEMO_DET := configs/demo/cascade_convnext_demo.py
 DEMO_DET_DIR := work_dirs/demo_det
+DEMO_SEG := configs/demo/upernet_convnext_demo.py
+DEMO_SEG_DIR := work_dirs/demo_seg
+NO_VAL := --cfg-options val_cfg=None val_dataloader=None val_evaluator=None
 
-# The demo trains without validation; its test step evaluates once and draws pictures.
-demo: $(ENV_STAMP)
+# Each demo trains without validation; its test step evaluates once and draws pictures.
+demo: demo-det demo-seg
+
+demo-det: $(ENV_STAMP)
 	$(PYTHON) tools/collect_env.py
-	$(PYTHON) tools/make_toy_data.py --out data/toy_coco
+	$(PYTHON) tools/make_toy_data.py --dataset coco --out data/toy_coco
 	rm -rf $(DEMO_DET_DIR)
-	$(PYTHON) tools/train.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) \
-		--cfg-options val_cfg=None val_dataloader=None val_evaluator=None
+	$(PYTHON) tools/train.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) $(NO_VAL)
 	$(PYTHON) tools/test.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_DET_DIR) --show-dir vis
+
+demo-seg: $(ENV_STAMP)
+	$(PYTHON) tools/make_toy_data.py --dataset ade20k --out data/toy_ade20k
+	rm -rf $(DEMO_SEG_DIR)
+	$(PYTHON) tools/train.py $(DEMO_SEG) --work-dir $(DEMO_SEG_DIR) $(NO_VAL)
+	$(PYTHON) tools/test.py $(DEMO_SEG) $$(cat $(DEMO_SEG_DIR)/last_checkpoint) \
+		--work-dir $(DEMO_SEG_DIR) --show-dir vis
 
 clean-env:
 	rm -rf .venv build/logs

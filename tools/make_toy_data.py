@@ -1,16 +1,28 @@
-"""Write a small, deterministic COCO-format instance dataset for demos and tests.
+"""Write small, deterministic COCO-format and ADE20K-format datasets for demos and tests.
 
-    python tools/make_toy_data.py [--out data/toy_coco] [--num-train 96] [--num-val 24]
+    python tools/make_toy_data.py [--dataset coco] [--out data/toy_coco] [--num-train 96] [--num-val 24]
+    python tools/make_toy_data.py --dataset ade20k [--out data/toy_ade20k]
 
-Each image has a textured background (smooth colour noise plus stripes) and one
-to four non-overlapping objects of three classes (circle, square, triangle) of
-varied size, rotation and colour, annotated with boxes and polygon masks:
+COCO (instances): each image has a textured background (smooth colour noise plus
+stripes) and one to four non-overlapping objects of three classes (circle,
+square, triangle) of varied size, rotation and colour, annotated with boxes and
+polygon masks:
 
     OUT/train/000000.png ...   OUT/annotations/instances_train.json
     OUT/val/000000.png ...     OUT/annotations/instances_val.json
 
-The same arguments always give the same files. The real COCO loading code is
-used unchanged on it (``CocoDataset`` with this ``metainfo``).
+ADE20K (semantic): a sky above a wavy horizon, grass below, and one to four
+objects (ball, box, signboard: circle, square, triangle) drawn over both, in
+ADE20K's layout and label space: a label PNG holds the ADE20K class index + 1
+(sky 3, grass 10, box 42, signboard 44, ball 120) and 0 ("other", ignored with
+``reduce_zero_label``) on a thin outline around each object:
+
+    OUT/images/training/ADE_train_00000001.jpg       OUT/annotations/training/ADE_train_00000001.png
+    OUT/images/validation/ADE_val_00000001.jpg       OUT/annotations/validation/ADE_val_00000001.png
+
+The same arguments always give the same files. The real loading code is used
+unchanged on them (``CocoDataset`` / ``ADE20KDataset`` with the class subset as
+``metainfo``; see the configs under configs/demo/).
 """
 import argparse
 import json
@@ -23,6 +35,9 @@ from PIL import Image, ImageDraw
 
 CLASSES = ('circle', 'square', 'triangle')
 PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75)]
+# The toy semantic classes, named as in ADE20K, and their 0-based ADE20K indices.
+ADE20K_CLASSES = {'sky': 2, 'grass': 9, 'ball': 119, 'box': 41, 'signboard': 43}
+SHAPE_TO_ADE20K = ('ball', 'box', 'signboard')  # circle, square, triangle
 
 
 def textured_background(rng, height, width):
@@ -111,18 +126,65 @@ def write_split(out, split, num_images, seed, height, width, max_objects):
     return len(images), len(annotations)
 
 
+def make_scene(rng, height, width, max_objects):
+    """A sky/grass scene with objects; returns the RGB image and its ADE20K label map."""
+    ys, xs = np.mgrid[:height, :width]
+    horizon = (rng.uniform(0.3, 0.6) * height
+               + rng.uniform(3, 0.1 * height) * np.sin(xs * rng.uniform(0.01, 0.05) + rng.uniform(0, 6)))
+    is_sky = ys < horizon
+    sky_top, sky_bottom = rng.uniform([60, 110, 170], [140, 180, 255]), rng.uniform(170, 240, size=3)
+    gradient = (ys / height)[..., None]
+    sky = sky_top * (1 - gradient) + sky_bottom * gradient + rng.normal(0, 3, size=(height, width, 3))
+    grass, _ = textured_background(rng, height, width)
+    grass_tint = rng.uniform([40, 100, 20], [110, 170, 80])
+    grass = 0.5 * grass + 0.5 * grass_tint
+    pixels = np.where(is_sky[..., None], sky, grass)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    labels = Image.fromarray(np.where(is_sky, ADE20K_CLASSES['sky'] + 1,
+                                      ADE20K_CLASSES['grass'] + 1).astype(np.uint8))
+    draw, draw_labels = ImageDraw.Draw(image), ImageDraw.Draw(labels)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        radius = rng.uniform(0.06, 0.2) * min(height, width)
+        cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
+        shape = int(rng.integers(len(SHAPE_TO_ADE20K)))
+        polygon = shape_polygon(rng, shape, cx, cy, radius)
+        colour = tuple(int(c) for c in rng.uniform(0, 255, size=3))
+        draw.polygon(polygon, fill=colour)
+        # Later objects may cover earlier ones, as in a real scene; the outline stays "other".
+        draw_labels.polygon(polygon, fill=ADE20K_CLASSES[SHAPE_TO_ADE20K[shape]] + 1, outline=0,
+                            width=2)
+    return image, labels
+
+
+def write_ade20k_split(out, split, num_images, seed, height, width, max_objects):
+    folder = dict(train='training', val='validation')[split]
+    for sub in ('images', 'annotations'):
+        os.makedirs(osp.join(out, sub, folder), exist_ok=True)
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, index, split == 'val', 1])
+        image, labels = make_scene(rng, height, width, max_objects)
+        name = f'ADE_{split}_{index + 1:08d}'
+        image.save(osp.join(out, 'images', folder, f'{name}.jpg'), quality=95)
+        labels.save(osp.join(out, 'annotations', folder, f'{name}.png'))
+    return num_images
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Write the toy COCO-format dataset.')
-    parser.add_argument('--out', default='data/toy_coco', help='output folder')
+    parser = argparse.ArgumentParser(description='Write a toy COCO- or ADE20K-format dataset.')
+    parser.add_argument('--dataset', choices=['coco', 'ade20k'], default='coco')
+    parser.add_argument('--out', help='output folder (default data/toy_coco or data/toy_ade20k)')
     parser.add_argument('--num-train', type=int, default=96)
     parser.add_argument('--num-val', type=int, default=24)
-    parser.add_argument('--size', type=int, nargs=2, default=(192, 192), metavar=('H', 'W'))
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='image size (default 192 192 for coco, 192 256 for ade20k)')
     parser.add_argument('--max-objects', type=int, default=4)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     for name in ('num_train', 'num_val', 'max_objects'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    args.out = args.out or f'data/toy_{args.dataset}'
+    args.size = args.size or ((192, 192) if args.dataset == 'coco' else (192, 256))
     if min(args.size) < 64:
         parser.error(f'--size must be at least 64x64, got {args.size}')
     return args
@@ -131,9 +193,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     for split, count in (('train', args.num_train), ('val', args.num_val)):
-        n_images, n_objects = write_split(args.out, split, count, args.seed, *args.size,
+        if args.dataset == 'coco':
+            n_images, n_objects = write_split(args.out, split, count, args.seed, *args.size,
+                                              args.max_objects)
+            print(f'{split}: {n_images} images, {n_objects} objects -> {args.out}/{split}')
+        else:
+            n_images = write_ade20k_split(args.out, split, count, args.seed, *args.size,
                                           args.max_objects)
-        print(f'{split}: {n_images} images, {n_objects} objects -> {args.out}/{split}')
+            print(f'{split}: {n_images} images with label maps -> {args.out}')
 
 
 if __name__ == '__main__':

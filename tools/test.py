@@ -24,7 +24,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument('--out', help='dump predictions to a pickle file (.pkl/.pickle)')
     parser.add_argument('--show-dir', help='save pictures of the predictions into this dir '
-                        '(relative to the work dir\'s timestamped folder)')
+                        '(detection: under the work dir\'s timestamped folder; segmentation: '
+                        'under the work dir, in vis_data/vis_image)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation from the '
                         "config's tta_model / tta_pipeline")
     return parse_tool_args(parser, argv)
@@ -39,8 +40,8 @@ def enable_visualization(cfg, show_dir):
     hooks[name]['show'] = False
     if cfg.default_scope == 'mmdet':
         hooks[name]['test_out_dir'] = show_dir
-    else:  # mmseg's SegVisualizationHook writes under the visualizer's save_dir
-        cfg.visualizer['save_dir'] = show_dir
+    else:  # mmseg's SegVisualizationHook writes through the visualizer, under its save_dir
+        cfg.visualizer['save_dir'] = osp.join(cfg.work_dir, show_dir)
         hooks[name]['interval'] = 1
 
 

@@ -1,0 +1,231 @@
+"""ADE20K recipes: every config's values, the full segmentor, and the tools end to end on toy data."""
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from mmengine.config import Config
+from PIL import Image
+
+pytest.importorskip('mmseg')
+
+CONFIGS = osp.join(ROOT, 'configs')
+DEMO = osp.join(CONFIGS, 'demo', 'upernet_convnext_demo.py')
+URL = 'https://dl.fbaipublicfiles.com/convnext/'
+
+# config: arch, stage-0 channels, pretrained file, crop, lr, num_layers, drop path, AMP
+RECIPES = {
+    'upernet_convnext_t_ade20k': ('tiny', 96, 'convnext_tiny_1k_224.pth', 512, 1e-4, 6, 0.4, True),
+    'upernet_convnext_s_ade20k': ('small', 96, 'convnext_small_1k_224.pth', 512, 1e-4, 12, 0.3, True),
+    'upernet_convnext_b_ade20k': ('base', 128, 'convnext_base_1k_224.pth', 512, 1e-4, 12, 0.4, True),
+    'upernet_convnext_b_in22k_ade20k_640':
+    ('base', 128, 'convnext_base_22k_224.pth', 640, 1e-4, 12, 0.4, True),
+    'upernet_convnext_l_in22k_ade20k_640':
+    ('large', 192, 'convnext_large_22k_224.pth', 640, 1e-4, 12, 0.4, False),
+    'upernet_convnext_xl_in22k_ade20k_640':
+    ('xlarge', 256, 'convnext_xlarge_22k_224.pth', 640, 8e-5, 12, 0.4, False),
+}
+
+
+def load(name):
+    return Config.fromfile(osp.join(CONFIGS, f'{name}.py'))
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_recipe_values(name):
+    arch, c0, weights, crop, lr, layers, drop_path, amp = RECIPES[name]
+    cfg = load(name)
+    assert cfg.default_scope == 'mmseg' and cfg.custom_imports.imports == ['convnext_mm']
+    model = cfg.model
+    assert model.type == 'EncoderDecoder'
+    backbone = model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == ('ConvNeXt', arch, drop_path)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + weights)
+    assert backbone.out_indices == (0, 1, 2, 3)
+    head = model.decode_head
+    assert head.type == 'UPerHead' and head.in_channels == [c0, 2 * c0, 4 * c0, 8 * c0]
+    assert (head.channels, head.pool_scales, head.num_classes) == (512, (1, 2, 3, 6), 150)
+    assert head.norm_cfg.type == 'SyncBN'
+    aux = model.auxiliary_head
+    assert (aux.type, aux.in_index, aux.in_channels, aux.num_classes) == ('FCNHead', 2, 4 * c0, 150)
+    assert aux.loss_decode.loss_weight == 0.4
+    stride = 341 if crop == 512 else 426
+    assert model.test_cfg == dict(mode='slide', crop_size=(crop, crop), stride=(stride, stride))
+    assert model.data_preprocessor.size == (crop, crop)
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert pipeline[1] == dict(type='LoadAnnotations', reduce_zero_label=True)
+    assert pipeline[3].type == 'RandomCrop' and pipeline[3].crop_size == (crop, crop)
+    assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
+    assert cfg.train_dataloader.batch_size == 2 and cfg.auto_scale_lr.base_batch_size == 16
+
+    wrapper = cfg.optim_wrapper
+    assert wrapper.type == ('AmpOptimWrapper' if amp else 'OptimWrapper')
+    assert 'loss_scale' not in wrapper  # AmpOptimWrapper's default is dynamic
+    assert wrapper.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert wrapper.paramwise_cfg == dict(decay_rate=0.9, decay_type='stage_wise',
+                                         num_layers=layers)
+    assert wrapper.optimizer == dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == ('IterBasedTrainLoop', 160000)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.end, warmup.by_epoch) == \
+        ('LinearLR', 1e-6, 1500, False)
+    assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == \
+        ('PolyLR', 1.0, 0.0, 1500, 160000)
+    assert cfg.tta_model.type == 'SegTTAModel'
+
+
+@pytest.fixture(scope='module')
+def seg_scope():
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    import convnext_mm  # noqa: F401
+
+
+@pytest.mark.parametrize('name,params', [('upernet_convnext_t_ade20k', 60e6),
+                                         ('upernet_convnext_xl_in22k_ade20k_640', 391e6)])
+def test_models_build_with_published_sizes(seg_scope, name, params):
+    from mmseg.registry import MODELS
+    with torch.device('meta'):
+        model = MODELS.build(load(name).model)
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - params) / params < 0.02, count
+
+
+def build(cfg_model):
+    from mmseg.registry import MODELS
+    cfg_model.backbone.init_cfg = None
+    model = MODELS.build(cfg_model)
+    model.init_weights()
+    return model
+
+
+def test_upernet_tiny_forward_backward_on_512_crops(seg_scope):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    model = build(load('upernet_convnext_t_ade20k').model)
+    model.train()
+    samples = []
+    for _ in range(2):  # the pyramid pooling's 1x1 BN needs more than one image
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 512, 512))))
+        sample.set_metainfo(dict(img_shape=(512, 512), pad_shape=(512, 512),
+                                 ori_shape=(512, 512)))
+        samples.append(sample)
+    images = [torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8) for _ in range(2)]
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    total, log_vars = model.parse_losses(losses)
+    assert torch.isfinite(total)
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= set(log_vars)
+    total.backward()
+    assert model.backbone.stages[0][0].dwconv.weight.grad.abs().sum() > 0
+    assert model.auxiliary_head.conv_seg.weight.grad.abs().sum() > 0
+
+
+def test_slide_inference_returns_a_full_size_map_for_a_non_square_image(seg_scope):
+    cfg = load('upernet_convnext_t_ade20k').model
+    cfg.test_cfg = dict(mode='slide', crop_size=(128, 128), stride=(85, 85))
+    cfg.data_preprocessor.size = (128, 128)
+    model = build(cfg).eval()
+    windows = []
+    model.backbone.register_forward_hook(lambda m, args, out: windows.append(args[0].shape))
+    height, width = 150, 230
+    sample_meta = [dict(img_shape=(height, width), ori_shape=(height, width),
+                        pad_shape=(height, width), padding_size=[0, 0, 0, 0])]
+    with torch.no_grad():
+        logits = model.inference(torch.randn(1, 3, height, width), sample_meta)
+    assert logits.shape == (1, 150, height, width)
+    # ceil((150 - 128) / 85) + 1 = 2 rows, ceil((230 - 128) / 85) + 1 = 3 columns of windows
+    assert len(windows) == 6 and all(shape[-2:] == (128, 128) for shape in windows)
+
+
+@pytest.fixture(scope='module')
+def toy_ade20k(tmp_path_factory):
+    out = tmp_path_factory.mktemp('toy_ade20k')
+    subprocess.run([sys.executable, 'tools/make_toy_data.py', '--dataset', 'ade20k', '--out',
+                    str(out), '--num-train', '8', '--num-val', '3', '--size', '96', '128'],
+                   cwd=ROOT, check=True)
+    return str(out) + '/'
+
+
+def test_toy_ade20k_layout_and_labels(toy_ade20k):
+    from mmseg.datasets import ADE20KDataset
+    images = sorted(glob.glob(toy_ade20k + 'images/validation/*.jpg'))
+    labels = sorted(glob.glob(toy_ade20k + 'annotations/validation/*.png'))
+    assert [osp.basename(p) for p in images] == [f'ADE_val_{i:08d}.jpg' for i in (1, 2, 3)]
+    assert [osp.splitext(osp.basename(p))[0] for p in labels] == \
+        [osp.splitext(osp.basename(p))[0] for p in images]
+    values = set()
+    for path in labels:
+        label = np.asarray(Image.open(path))
+        assert label.shape == (96, 128) and label.dtype == np.uint8
+        values |= set(np.unique(label).tolist())
+    # ADE20K ids (index + 1) of the toy classes, and 0 ("other") on object outlines.
+    ade_ids = {ADE20KDataset.METAINFO['classes'].index(c) + 1
+               for c in ('sky', 'grass', 'box', 'signboard', 'ball')}
+    assert 0 in values and values - {0} <= ade_ids and {3, 10} <= values
+
+
+def data_options(root, **extra):
+    options = {
+        'train_dataloader.dataset.data_root': root,
+        'val_dataloader.dataset.data_root': root,
+        'test_dataloader.dataset.data_root': root,
+        'default_hooks.logger.interval': 1,
+        'randomness.seed': 0,
+    }
+    options.update(extra)
+    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+
+
+def run(args, timeout=900, **kwargs):
+    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, **kwargs)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
+    work = str(tmp_path / 'work')
+    short = data_options(toy_ade20k, **{'train_cfg.max_iters': 4, 'train_cfg.val_interval': 100,
+                                        'default_hooks.checkpoint.interval': 2})
+    log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
+    assert 'Iter(train) [4/4]' in log
+    assert osp.isfile(osp.join(work, 'iter_4.pth'))
+
+    log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work,
+               '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)
+    assert re.search(r'mIoU: \d', log) and re.search(r'\|\s+signboard\s+\|', log)
+    assert osp.getsize(tmp_path / 'preds.pkl') > 0
+    assert len(glob.glob(osp.join(work, 'vis', 'vis_data', 'vis_image', '*.png'))) == 3
+
+    log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work, '--tta']
+              + short)
+    assert re.search(r'mIoU: \d', log)
+
+    longer = data_options(toy_ade20k, **{'train_cfg.max_iters': 6, 'train_cfg.val_interval': 100,
+                                         'default_hooks.checkpoint.interval': 2})
+    log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
+    assert re.search(r'resumed epoch: 0, iter: 4', log)
+    assert 'Iter(train) [6/6]' in log and 'Iter(train) [4/6]' not in log
+    assert osp.isfile(osp.join(work, 'iter_6.pth'))
+
+
+def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):
+    work = str(tmp_path / 'dist')
+    env = dict(os.environ, PORT='29613')
+    out = subprocess.run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work] +
+                         data_options(toy_ade20k, **{'train_cfg.max_iters': 2,
+                                                     'train_cfg.val_interval': 100,
+                                                     'default_hooks.checkpoint.interval': 2}),
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert 'gloo' in log and 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert 'SyncBN -> BN' in log and 'Iter(train) [2/2]' in log
+    assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['iter_2.pth']
