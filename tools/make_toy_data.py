@@ -3,16 +3,18 @@
     python tools/make_toy_data.py [--dataset coco] [--out data/toy_coco] [--num-train 96] [--num-val 24]
     python tools/make_toy_data.py --dataset ade20k [--out data/toy_ade20k]
 
-COCO (instances): each image has a textured background (smooth colour noise plus
-stripes) and one to four non-overlapping objects of three classes (circle,
-square, triangle) of varied size, rotation and colour, annotated with boxes and
+COCO (instances): each image has a greyish textured background (smooth colour
+noise plus stripes) and one to four non-overlapping objects of three classes
+(circle, square, triangle) of varied size, rotation and shade (each class keeps to
+its own band of hues: red, blue, yellow), annotated with boxes and
 polygon masks:
 
     OUT/train/000000.png ...   OUT/annotations/instances_train.json
     OUT/val/000000.png ...     OUT/annotations/instances_val.json
 
 ADE20K (semantic): a sky above a wavy horizon, grass below, and one to four
-objects (ball, box, signboard: circle, square, triangle) drawn over both, in
+objects (ball, box, signboard: red circles, yellow-orange squares, magenta triangles)
+drawn over both, in
 ADE20K's layout and label space: a label PNG holds the ADE20K class index + 1
 (sky 3, grass 10, box 42, signboard 44, ball 120) and 0 ("other", ignored with
 ``reduce_zero_label``) on a thin outline around each object:
@@ -25,6 +27,7 @@ unchanged on them (``CocoDataset`` / ``ADE20KDataset`` with the class subset as
 ``metainfo``; see the configs under configs/demo/).
 """
 import argparse
+import colorsys
 import json
 import math
 import os
@@ -38,10 +41,12 @@ PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75)]
 # The toy semantic classes, named as in ADE20K, and their 0-based ADE20K indices.
 ADE20K_CLASSES = {'sky': 2, 'grass': 9, 'ball': 119, 'box': 41, 'signboard': 43}
 SHAPE_TO_ADE20K = ('ball', 'box', 'signboard')  # circle, square, triangle
+SHAPE_HUES = (0.0, 0.6, 0.15)  # circle red, square blue, triangle yellow
+SCENE_OBJECT_HUES = (0.0, 0.13, 0.83)  # ball red, box yellow-orange, signboard magenta
 
 
 def textured_background(rng, height, width):
-    base = rng.uniform(40, 215, size=3)
+    base = rng.uniform(50, 200) + rng.uniform(-15, 15, size=3)  # greyish, a slight tint
     coarse = rng.normal(0, 25, size=(height // 32 + 2, width // 32 + 2, 3))
     noise = np.asarray(Image.fromarray(np.uint8(np.clip(coarse + 128, 0, 255))).resize(
         (width, height), Image.BILINEAR), dtype=np.float32) - 128
@@ -66,15 +71,16 @@ def polygon_area(points):
     return float(0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))))
 
 
-def contrasting_colour(rng, background):
-    while True:
-        colour = rng.uniform(0, 255, size=3)
-        if np.abs(colour - background).sum() > 180:
-            return tuple(int(c) for c in colour)
+def class_colour(rng, hue):
+    """A saturated colour near ``hue`` (0-1): each class keeps to its own band of hues, as
+    real object classes have typical appearances; shape, size, shade and rotation vary."""
+    rgb = colorsys.hsv_to_rgb((hue + rng.uniform(-0.04, 0.04)) % 1.0, rng.uniform(0.6, 1.0),
+                              rng.uniform(0.55, 1.0))
+    return tuple(int(255 * c) for c in rgb)
 
 
 def make_image(rng, height, width, max_objects):
-    pixels, background = textured_background(rng, height, width)
+    pixels, _ = textured_background(rng, height, width)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     placed, objects = [], []
@@ -88,7 +94,7 @@ def make_image(rng, height, width, max_objects):
             continue
         label = int(rng.integers(len(CLASSES)))
         polygon = shape_polygon(rng, label, cx, cy, radius)
-        draw.polygon(polygon, fill=contrasting_colour(rng, background))
+        draw.polygon(polygon, fill=class_colour(rng, SHAPE_HUES[label]))
         placed.append((cx, cy, radius))
         objects.append((label, polygon))
     return image, objects
@@ -144,12 +150,11 @@ def make_scene(rng, height, width, max_objects):
                                       ADE20K_CLASSES['grass'] + 1).astype(np.uint8))
     draw, draw_labels = ImageDraw.Draw(image), ImageDraw.Draw(labels)
     for _ in range(int(rng.integers(1, max_objects + 1))):
-        radius = rng.uniform(0.06, 0.2) * min(height, width)
+        radius = rng.uniform(0.08, 0.22) * min(height, width)
         cx, cy = rng.uniform(radius, width - radius), rng.uniform(radius, height - radius)
         shape = int(rng.integers(len(SHAPE_TO_ADE20K)))
         polygon = shape_polygon(rng, shape, cx, cy, radius)
-        colour = tuple(int(c) for c in rng.uniform(0, 255, size=3))
-        draw.polygon(polygon, fill=colour)
+        draw.polygon(polygon, fill=class_colour(rng, SCENE_OBJECT_HUES[shape]))
         # Later objects may cover earlier ones, as in a real scene; the outline stays "other".
         draw_labels.polygon(polygon, fill=ADE20K_CLASSES[SHAPE_TO_ADE20K[shape]] + 1, outline=0,
                             width=2)

@@ -1,0 +1,336 @@
+"""Speed of the ConvNeXt backbone against timm, torchvision and the official formulation.
+
+    python tools/benchmark_backbone.py [--arch tiny] [--shapes 8x3x224x224 2x3x800x1216]
+        [--device cpu|cuda] [--precision fp32 fp16 bf16] [--channels-last off on]
+        [--compile off on] [--repeats 10] [--warmup 3] [--memory] [--json OUT]
+
+Every implementation gets the same weights (ours, converted) and the same input. For each
+setting, forward (inference, no_grad) and forward+backward (training: sum of the four stage
+outputs, backward) are timed in interleaved rounds after warm-up, so that drift of the
+machine affects every implementation alike; the table gives the median images/s, the spread
+(max-min over median) and ours / reference. Implementations:
+
+- ours:        convnext_mm.ConvNeXt (stage outputs through norm0..3)
+- timm:        timm's ConvNeXt, stem + stages (features_only equivalent), + the same norms
+- torchvision: torchvision's ConvNeXt .features, stage outputs, + the same norms
+- official:    ours with every channels-first LayerNorm done as the official detection code
+               does it (mean/variance by hand on NCHW): the baseline users migrate from
+
+Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
+measured peak of a large matrix product on the same device. --memory adds the peak memory of
+one training step with and without with_cp (CUDA: max allocated; CPU: the growth of the
+peak resident set size of a fresh process, since the CPU allocator keeps no statistics).
+"""
+import argparse
+import copy
+import json
+import os.path as osp
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from convnext_mm import ConvNeXt  # noqa: E402
+from convnext_mm.checkpoint.formats import _rename  # noqa: E402
+from convnext_mm.models.backbones.layers import LayerNorm2d  # noqa: E402
+
+TIMM_NAMES = {'atto': 'convnext_atto', 'femto': 'convnext_femto', 'pico': 'convnext_pico',
+              'nano': 'convnext_nano', 'tiny': 'convnext_tiny', 'small': 'convnext_small',
+              'base': 'convnext_base', 'large': 'convnext_large', 'xlarge': 'convnext_xlarge'}
+TORCHVISION_NAMES = {'tiny': 'convnext_tiny', 'small': 'convnext_small', 'base': 'convnext_base',
+                     'large': 'convnext_large'}
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """The official detection code's LayerNorm for NCHW tensors (the migration baseline)."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class StageOutputs(nn.Module):
+    """A reference network's stem and stages, each stage output through ours' norm{i}."""
+
+    def __init__(self, stem, stages, norms):
+        super().__init__()
+        self.stem, self.stages, self.norms = stem, nn.ModuleList(stages), nn.ModuleList(norms)
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for stage, norm in zip(self.stages, self.norms):
+            x = stage(x)
+            outs.append(norm(x))
+        return tuple(outs)
+
+
+def copy_ours_into(reference: nn.Module, ours_state: dict, layout: str) -> None:
+    """Give a timm/torchvision model our weights, renaming by the checkpoint tables."""
+    state = reference.state_dict()
+    for key, value in state.items():
+        ours_key = _rename(key, layout)
+        if ours_key in ours_state:
+            value.copy_(ours_state[ours_key].reshape(value.shape))
+    reference.load_state_dict(state)
+
+
+def build_implementations(arch: str, with_cp: bool = False) -> dict:
+    torch.manual_seed(0)
+    ours = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
+    ours.init_weights()
+    with torch.no_grad():  # non-trivial layer scale and norms, so that every path does work
+        for name, p in ours.named_parameters():
+            if name.endswith('gamma') or 'norm' in name:
+                p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith(('weight', 'gamma'))
+                        else 0.1 * torch.randn_like(p))
+    impls = {'ours': ours}
+    norms = [getattr(ours, f'norm{i}') for i in range(4)]
+    state = ours.state_dict()
+    try:
+        import timm
+        if arch in TIMM_NAMES:
+            model = timm.create_model(TIMM_NAMES[arch], pretrained=False)
+            copy_ours_into(model, state, 'timm')
+            impls['timm'] = StageOutputs(model.stem, model.stages, copy.deepcopy(norms))
+    except ImportError:
+        print('timm not installed: skipped')
+    try:
+        import torchvision
+        if arch in TORCHVISION_NAMES:
+            model = getattr(torchvision.models, TORCHVISION_NAMES[arch])()
+            copy_ours_into(model, state, 'torchvision')
+            features = model.features
+            impls['torchvision'] = StageOutputs(
+                features[0], [features[1], nn.Sequential(features[2], features[3]),
+                              nn.Sequential(features[4], features[5]),
+                              nn.Sequential(features[6], features[7])], copy.deepcopy(norms))
+    except ImportError:
+        print('torchvision not installed: skipped')
+    official = copy.deepcopy(ours)
+    for parent in list(official.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LayerNorm2d):
+                setattr(parent, name, ChannelsFirstLayerNorm(child))
+    impls['official'] = official
+    return impls
+
+
+def check_same_outputs(impls: dict, x: torch.Tensor) -> float:
+    """Max abs difference of every implementation's stage outputs from ours (fp32)."""
+    with torch.no_grad():
+        ref = impls['ours'](x)
+        worst = 0.
+        for model in impls.values():
+            for a, b in zip(ref, model(x)):
+                worst = max(worst, (a - b).abs().max().item())
+    return worst
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def make_step(model, x, train: bool, precision: str, device):
+    dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            if train:
+                outs = model(x)
+                loss = sum(o.float().mean() for o in outs)
+            else:
+                with torch.no_grad():
+                    model(x)
+        if train:
+            loss.backward()
+            for p in model.parameters():
+                p.grad = None
+    return step
+
+
+def time_interleaved(steps: dict, repeats: int, warmup: int, device) -> dict:
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> float:
+    n = n or (8192 if device.type == 'cuda' else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    best = float('inf')
+    for _ in range(5):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def backbone_macs(model, shape) -> float:
+    from mmengine.analysis import FlopAnalyzer
+    x = torch.zeros(1, *shape[1:])
+    analyzer = FlopAnalyzer(copy.deepcopy(model).cpu().float().eval(), (x, ))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    return analyzer.total() * shape[0]
+
+
+def peak_memory_mib(arch, shape, with_cp, device) -> float:
+    """Peak memory of one training step (see the module docstring for what is measured)."""
+    if device.type == 'cuda':
+        model = ConvNeXt(arch=arch, with_cp=with_cp).to(device).train()
+        x = torch.randn(shape, device=device, requires_grad=True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        sum(o.mean() for o in model(x)).backward()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    import subprocess
+    code = (
+        'import resource, sys, torch; sys.path.insert(0, {root!r})\n'
+        'from convnext_mm import ConvNeXt\n'
+        'model = ConvNeXt(arch={arch!r}, with_cp={cp}).train()\n'
+        'x = torch.randn({shape}, requires_grad=True)\n'
+        'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
+        'sum(o.mean() for o in model(x)).backward()\n'
+        'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n').format(
+            root=osp.dirname(osp.dirname(osp.abspath(__file__))), arch=arch, cp=with_cp,
+            shape=tuple(shape))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def parse_shape(text):
+    try:
+        shape = tuple(int(v) for v in text.lower().split('x'))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or shape[1] != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f'shape must be NxCxHxW with C=3, got {text!r}')
+    return shape
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--arch', default='tiny', choices=sorted(ConvNeXt.arch_settings))
+    parser.add_argument('--shapes', nargs='+', type=parse_shape,
+                        default=[(8, 3, 224, 224), (2, 3, 800, 1216)])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--precision', nargs='+', default=['fp32'],
+                        choices=['fp32', 'fp16', 'bf16'])
+    parser.add_argument('--channels-last', nargs='+', default=['off', 'on'], choices=['off', 'on'])
+    parser.add_argument('--compile', nargs='+', default=['off'], choices=['off', 'on'])
+    parser.add_argument('--modes', nargs='+', default=['infer', 'train'],
+                        choices=['infer', 'train'])
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--memory', action='store_true', help='also peak memory with/without with_cp')
+    parser.add_argument('--json', help='also write the results to this JSON file')
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f'--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available here')
+    if args.device == 'cpu' and 'fp16' in args.precision:
+        parser.error('--precision fp16 needs a CUDA device (CPU autocast supports bf16)')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
+        f'CPU, {torch.get_num_threads()} threads'
+    print(f'# ConvNeXt-{args.arch} backbone, {name}, torch {torch.__version__}, '
+          f'{time.strftime("%Y-%m-%d")}')
+    impls = build_implementations(args.arch)
+    print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
+          f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
+    peak = matmul_peak_gflops(device)
+    print(f'peak of a large fp32 matrix product on this device: {peak:.0f} GFLOP/s')
+    results = []
+    header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
+        f'ours GFLOP/s | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
+    print(header)
+    print('|' + '---|' * (header.count('|') - 1))
+    for shape in args.shapes:
+        macs = backbone_macs(impls['ours'], shape)
+        x_cpu = torch.randn(shape)
+        for mode in args.modes:
+            for precision in args.precision:
+                for channels_last in args.channels_last:
+                    for compiled in args.compile:
+                        fmt = torch.channels_last if channels_last == 'on' else \
+                            torch.contiguous_format
+                        x = x_cpu.to(device).to(memory_format=fmt)
+                        steps = {}
+                        for impl, model in impls.items():
+                            model = model.to(device).to(memory_format=fmt)
+                            model.train(mode == 'train')
+                            if compiled == 'on':
+                                model = torch.compile(model)
+                            steps[impl] = make_step(model, x, mode == 'train', precision, device)
+                        times = time_interleaved(steps, args.repeats, args.warmup, device)
+                        medians = {k: statistics.median(v) for k, v in times.items()}
+                        spread = {k: (max(v) - min(v)) / medians[k] for k, v in times.items()}
+                        ips = {k: shape[0] / m for k, m in medians.items()}
+                        flops = 2 * macs * (3 if mode == 'train' else 1)  # backward ~ 2x forward
+                        achieved = flops / medians['ours'] / 1e9
+                        ratios = {k: ips['ours'] / ips[k] for k in ips if k != 'ours'}
+                        row = dict(shape='x'.join(map(str, shape)), mode=mode,
+                                   precision=precision, channels_last=channels_last,
+                                   compile=compiled, images_per_s=ips, spread=spread,
+                                   ours_gflops=achieved, ratios=ratios)
+                        results.append(row)
+                        cells = ' | '.join(f'{ips[k]:.2f} (±{100 * spread[k] / 2:.0f}%)'
+                                           for k in impls)
+                        print(f'| {row["shape"]} | {mode} | {precision} | {channels_last} | '
+                              f'{compiled} | {cells} | {achieved:.0f} | '
+                              f'{" | ".join(f"{r:.2f}x" for r in ratios.values())} |',
+                              flush=True)
+    memory = []
+    if args.memory:
+        print('\n| shape | training peak memory, MiB | with_cp=False | with_cp=True | saved |')
+        print('|---|---|---|---|---|')
+        for shape in args.shapes:
+            plain = peak_memory_mib(args.arch, shape, False, device)
+            with_cp = peak_memory_mib(args.arch, shape, True, device)
+            memory.append(dict(shape='x'.join(map(str, shape)), plain_mib=plain,
+                               with_cp_mib=with_cp, saved=1 - with_cp / plain))
+            print(f'| {memory[-1]["shape"]} | {device.type} | {plain:.0f} | {with_cp:.0f} | '
+                  f'{100 * memory[-1]["saved"]:.0f}% |')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(device=name, arch=args.arch, torch=torch.__version__,
+                           peak_gflops=peak, results=results, memory=memory), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
