@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 
 import pytest
@@ -26,3 +27,24 @@ def randomize_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
                 is_norm_weight = isinstance(module, torch.nn.LayerNorm) and name == 'weight'
                 p.copy_(float(is_norm_weight) + scale * torch.randn_like(p))
     return model
+
+
+def run_tool(args, timeout=900, **kwargs) -> str:
+    """Run a Python tool from the repository root; fail with its output unless it succeeds."""
+    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, **kwargs)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def cfg_options(root: str, **extra) -> list:
+    """``--cfg-options`` pointing a demo config's dataloaders at ``root``, logging every iter."""
+    options = {
+        'train_dataloader.dataset.data_root': root,
+        'val_dataloader.dataset.data_root': root,
+        'test_dataloader.dataset.data_root': root,
+        'default_hooks.logger.interval': 1,
+        'randomness.seed': 0,
+    }
+    options.update(extra)
+    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, cfg_options
+from conftest import run_tool as run
 from mmengine.config import Config
 
 pytest.importorskip('mmdet')
@@ -124,25 +125,10 @@ def toy_coco(tmp_path_factory):
 
 
 def data_options(root, **extra):
-    options = {
-        'train_dataloader.dataset.data_root': root,
-        'val_dataloader.dataset.data_root': root,
-        'test_dataloader.dataset.data_root': root,
-        'val_evaluator.ann_file': root + 'annotations/instances_val.json',
-        'test_evaluator.ann_file': root + 'annotations/instances_val.json',
-        'default_hooks.checkpoint.interval': 1,
-        'default_hooks.logger.interval': 1,
-        'randomness.seed': 0,
-    }
-    options.update(extra)
-    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
-
-
-def run(args, timeout=900, **kwargs):
-    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, **kwargs)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
+    annotations = root + 'annotations/instances_val.json'
+    return cfg_options(root, **{'val_evaluator.ann_file': annotations,
+                                'test_evaluator.ann_file': annotations,
+                                'default_hooks.checkpoint.interval': 1, **extra})
 
 
 def test_train_test_and_resume_on_toy_data(toy_coco, tmp_path):

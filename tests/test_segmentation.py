@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, cfg_options
+from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
 
@@ -171,28 +172,9 @@ def test_toy_ade20k_layout_and_labels(toy_ade20k):
     assert 0 in values and values - {0} <= ade_ids and {3, 10} <= values
 
 
-def data_options(root, **extra):
-    options = {
-        'train_dataloader.dataset.data_root': root,
-        'val_dataloader.dataset.data_root': root,
-        'test_dataloader.dataset.data_root': root,
-        'default_hooks.logger.interval': 1,
-        'randomness.seed': 0,
-    }
-    options.update(extra)
-    return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
-
-
-def run(args, timeout=900, **kwargs):
-    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, **kwargs)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
-
-
 def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     work = str(tmp_path / 'work')
-    short = data_options(toy_ade20k, **{'train_cfg.max_iters': 4, 'train_cfg.val_interval': 100,
+    short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, 'train_cfg.val_interval': 100,
                                         'default_hooks.checkpoint.interval': 2})
     log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
     assert 'Iter(train) [4/4]' in log
@@ -208,7 +190,7 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
               + short)
     assert re.search(r'mIoU: \d', log)
 
-    longer = data_options(toy_ade20k, **{'train_cfg.max_iters': 6, 'train_cfg.val_interval': 100,
+    longer = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 6, 'train_cfg.val_interval': 100,
                                          'default_hooks.checkpoint.interval': 2})
     log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
     assert re.search(r'resumed epoch: 0, iter: 4', log)
@@ -220,7 +202,7 @@ def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):
     work = str(tmp_path / 'dist')
     env = dict(os.environ, PORT='29613')
     out = subprocess.run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work] +
-                         data_options(toy_ade20k, **{'train_cfg.max_iters': 2,
+                         cfg_options(toy_ade20k, **{'train_cfg.max_iters': 2,
                                                      'train_cfg.val_interval': 100,
                                                      'default_hooks.checkpoint.interval': 2}),
                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)

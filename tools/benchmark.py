@@ -24,6 +24,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from tools.get_flops import build_model  # noqa: E402
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
@@ -73,19 +75,7 @@ def use_toy_data(cfg, scope: str, folder: str) -> None:
 
 
 def build(cfg, checkpoint, device):
-    scope = cfg.get('default_scope')
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-    elif scope == 'mmseg':
-        from mmseg.registry import MODELS
-        from mmseg.utils import register_all_modules
-    else:
-        raise ValueError(f"default_scope must be 'mmdet' or 'mmseg', got {scope!r}")
-    register_all_modules(init_default_scope=True)
-    cfg.model.backbone.pop('init_cfg', None)
-    cfg.model.pop('pretrained', None)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg)
     if checkpoint:
         from mmengine.runner import load_checkpoint
 
@@ -101,7 +91,7 @@ def build(cfg, checkpoint, device):
 def benchmark(cfg, checkpoint=None, num_images=50, warmup=5, device='cpu') -> float:
     """Images per second of ``model.test_step`` on the config's test data (or toy data)."""
     from mmengine.runner import Runner
-    import convnext_mm  # noqa: F401  (registers the backbone for configs without custom_imports)
+    import convnext_mm  # noqa: F401  (registers ConvNeXt for configs without custom_imports)
     scope = cfg.get('default_scope')
     loader_cfg = cfg.test_dataloader
     loader_cfg.batch_size, loader_cfg.num_workers = 1, 0

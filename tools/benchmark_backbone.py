@@ -17,9 +17,11 @@ machine affects every implementation alike; the table gives the median images/s,
                does it (mean/variance by hand on NCHW): the baseline users migrate from
 
 Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
-measured peak of a large matrix product on the same device. --memory adds the peak memory of
-one training step with and without with_cp (CUDA: max allocated; CPU: the growth of the
-peak resident set size of a fresh process, since the CPU allocator keeps no statistics).
+measured peak of a large matrix product on the same device. --memory adds the memory of one
+training step with and without with_cp: on CUDA the peak allocated above the model; on the
+CPU, whose allocator keeps no statistics, the bytes of the tensors autograd saves for the
+backward pass, weights excluded (the activations that dominate a training step's peak and
+that with_cp trades for recomputation), counted once per storage through saved-tensor hooks.
 """
 import argparse
 import copy
@@ -31,7 +33,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -89,7 +90,6 @@ def copy_ours_into(reference: nn.Module, ours_state: dict, layout: str) -> None:
 def build_implementations(arch: str, with_cp: bool = False) -> dict:
     torch.manual_seed(0)
     ours = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
-    ours.init_weights()
     with torch.no_grad():  # non-trivial layer scale and norms, so that every path does work
         for name, p in ours.named_parameters():
             if name.endswith('gamma') or 'norm' in name:
@@ -109,7 +109,8 @@ def build_implementations(arch: str, with_cp: bool = False) -> dict:
     try:
         import torchvision
         if arch in TORCHVISION_NAMES:
-            model = getattr(torchvision.models, TORCHVISION_NAMES[arch])()
+            # no stochastic depth, as in the other implementations (it changes the work done)
+            model = getattr(torchvision.models, TORCHVISION_NAMES[arch])(stochastic_depth_prob=0.)
             copy_ours_into(model, state, 'torchvision')
             features = model.features
             impls['torchvision'] = StageOutputs(
@@ -130,9 +131,10 @@ def build_implementations(arch: str, with_cp: bool = False) -> dict:
 def check_same_outputs(impls: dict, x: torch.Tensor) -> float:
     """Max abs difference of every implementation's stage outputs from ours (fp32)."""
     with torch.no_grad():
-        ref = impls['ours'](x)
+        ref = impls['ours'].eval()(x)
         worst = 0.
         for model in impls.values():
+            model.eval()
             for a, b in zip(ref, model(x)):
                 worst = max(worst, (a - b).abs().max().item())
     return worst
@@ -201,30 +203,30 @@ def backbone_macs(model, shape) -> float:
     return analyzer.total() * shape[0]
 
 
-def peak_memory_mib(arch, shape, with_cp, device) -> float:
-    """Peak memory of one training step (see the module docstring for what is measured)."""
+def training_memory_mib(arch, shape, with_cp, device) -> float:
+    """Memory of one training step of the backbone (see the module docstring)."""
+    model = ConvNeXt(arch=arch, with_cp=with_cp).to(device).train()
+    x = torch.randn(shape, device=device, requires_grad=True)
     if device.type == 'cuda':
-        model = ConvNeXt(arch=arch, with_cp=with_cp).to(device).train()
-        x = torch.randn(shape, device=device, requires_grad=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        sum(o.mean() for o in model(x)).backward()
+        sum(o.float().mean() for o in model(x)).backward()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    import subprocess
-    code = (
-        'import resource, sys, torch; sys.path.insert(0, {root!r})\n'
-        'from convnext_mm import ConvNeXt\n'
-        'model = ConvNeXt(arch={arch!r}, with_cp={cp}).train()\n'
-        'x = torch.randn({shape}, requires_grad=True)\n'
-        'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
-        'sum(o.mean() for o in model(x)).backward()\n'
-        'print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n').format(
-            root=osp.dirname(osp.dirname(osp.abspath(__file__))), arch=arch, cp=with_cp,
-            shape=tuple(shape))
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    storages = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        outs = model(x)
+    sum(o.mean() for o in outs).backward()
+    return sum(storages.values()) / 2 ** 20
 
 
 def parse_shape(text):
@@ -317,14 +319,16 @@ def main(argv=None):
                               flush=True)
     memory = []
     if args.memory:
-        print('\n| shape | training peak memory, MiB | with_cp=False | with_cp=True | saved |')
-        print('|---|---|---|---|---|')
+        what = 'peak allocated in a training step' if device.type == 'cuda' else \
+            'tensors saved for backward'
+        print(f'\n| shape | {what}, MiB: with_cp=False | with_cp=True | saved |')
+        print('|---|---|---|---|')
         for shape in args.shapes:
-            plain = peak_memory_mib(args.arch, shape, False, device)
-            with_cp = peak_memory_mib(args.arch, shape, True, device)
+            plain = training_memory_mib(args.arch, shape, False, device)
+            with_cp = training_memory_mib(args.arch, shape, True, device)
             memory.append(dict(shape='x'.join(map(str, shape)), plain_mib=plain,
                                with_cp_mib=with_cp, saved=1 - with_cp / plain))
-            print(f'| {memory[-1]["shape"]} | {device.type} | {plain:.0f} | {with_cp:.0f} | '
+            print(f'| {memory[-1]["shape"]} | {plain:.0f} | {with_cp:.0f} | '
                   f'{100 * memory[-1]["saved"]:.0f}% |')
     if args.json:
         with open(args.json, 'w') as f:

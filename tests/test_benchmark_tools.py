@@ -1,0 +1,75 @@
+"""Smoke tests of the benchmark tools (tiny sizes, one repeat) and the FLOP counts they report."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+from conftest import run_tool as run
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmseg')
+
+
+def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
+    pytest.importorskip('timm')
+    pytest.importorskip('torchvision')
+    out = run(['tools/benchmark_backbone.py', '--arch', 'tiny', '--shapes', '1x3x64x64',
+               '--repeats', '1', '--warmup', '0', '--memory', '--json', str(tmp_path / 'r.json')])
+    difference = float(re.search(r'stage outputs from ours .*: ([0-9.e+-]+)', out).group(1))
+    assert difference < 1e-4  # every implementation computes the same function
+    result = json.loads((tmp_path / 'r.json').read_text())
+    assert len(result['results']) == 4  # infer/train x channels_last off/on
+    for row in result['results']:
+        assert set(row['images_per_s']) == {'ours', 'timm', 'torchvision', 'official'}
+        assert all(v > 0 for v in row['images_per_s'].values())
+        assert set(row['ratios']) == {'timm', 'torchvision', 'official'}
+    assert result['peak_gflops'] > 0
+    memory, = result['memory']
+    assert memory['with_cp_mib'] < 0.6 * memory['plain_mib']  # with_cp saves >= 40%
+
+
+def test_benchmark_backbone_rejects_bad_arguments():
+    out = subprocess.run([sys.executable, 'tools/benchmark_backbone.py', '--shapes', '1x4x64x64'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "shape must be NxCxHxW with C=3, got '1x4x64x64'" in out.stderr
+
+
+@pytest.mark.parametrize('config,shape,backbone,model', [
+    ('cascade_convnext_t_coco', ['224', '224'], (27.8e6, 4.47e9), None),
+    ('cascade_convnext_t_coco', [], (27.8e6, None), (86e6, 741e9)),
+    ('upernet_convnext_t_ade20k', [], (27.8e6, None), (60e6, 939e9)),
+])
+def test_get_flops_matches_the_published_counts(config, shape, backbone, model):
+    args = ['tools/get_flops.py', f'configs/{config}.py'] + (['--shape'] + shape if shape else [])
+    out = run(args)
+    rows = dict(re.findall(r'\| (backbone|model) \| ([0-9.]+ M \| [0-9.]+) \|', out))
+    for part, expected in (('backbone', backbone), ('model', model)):
+        if expected is None:
+            continue
+        params, flops = (float(v) for v in rows[part].split(' M | '))
+        assert abs(params * 1e6 - expected[0]) / expected[0] < 0.02, (part, params)
+        if expected[1] is not None:
+            assert abs(flops * 1e9 - expected[1]) / expected[1] < 0.02, (part, flops)
+
+
+@pytest.mark.parametrize('config', ['cascade_convnext_demo', 'upernet_convnext_demo'])
+def test_benchmark_times_a_whole_model_on_toy_data(config):
+    out = run(['tools/benchmark.py', f'configs/demo/{config}.py', '--num-images', '2',
+               '--warmup', '1', '--cfg-options',
+               'test_dataloader.dataset.data_root=/nonexistent/'])
+    assert 'not found: timing on toy images' in out
+    assert float(re.search(r': ([0-9.]+) images/s', out).group(1)) > 0
+
+
+def test_compare_backbones_table():
+    out = run(['tools/compare_backbones.py', '--shape', '128', '128', '--scale', '128', '96',
+               '--num-images', '1', '--warmup', '0'])
+    rows = re.findall(r'\| (ConvNeXt-T|Swin-T|ResNet-50) \| ([0-9.]+) M \| (\d+) \| ([0-9.]+) \|',
+                      out)
+    assert [r[0] for r in rows] == ['ConvNeXt-T', 'Swin-T', 'ResNet-50']
+    params = {name: float(p) for name, p, _, _ in rows}
+    # Cascade Mask R-CNN: ConvNeXt-T 86M (paper), Swin-T 86M, ResNet-50 82M
+    assert abs(params['ConvNeXt-T'] - 86) < 1.5 and abs(params['Swin-T'] - 86) < 1.5
+    assert abs(params['ResNet-50'] - 82) < 1.5
