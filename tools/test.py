@@ -7,6 +7,7 @@ import argparse
 import os.path as osp
 import sys
 
+import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
@@ -75,7 +76,13 @@ def main(argv=None):
     if args.out is not None:
         from mmengine.evaluator import DumpResults
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    finally:
+        # Close the process group before exit: gloo's threads still running at interpreter
+        # shutdown abort the process ("terminate called without an active exception").
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ import argparse
 import os.path as osp
 import sys
 
+import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
@@ -56,7 +57,13 @@ def main(argv=None):
     cfg = build_config(args)
     allow_mmengine_checkpoint_globals()
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        # Close the process group before exit: gloo's threads still running at interpreter
+        # shutdown abort the process ("terminate called without an active exception").
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
