@@ -48,3 +48,14 @@ def cfg_options(root: str, **extra) -> list:
     }
     options.update(extra)
     return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
+
+
+def run_dist_train(config: str, work_dir: str, options: list, port: int) -> str:
+    """``bash tools/dist_train.sh CONFIG 2`` on the CPU; checks that 2 gloo ranks ran."""
+    out = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work_dir] +
+                         options, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, PORT=str(port)))
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[:1500] + log[-4000:]
+    assert 'gloo' in log and 'Distributed training: True' in log and 'GPU number: 2' in log
+    return log

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cfg_options
+from conftest import ROOT, cfg_options, run_dist_train
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -154,14 +154,9 @@ def test_train_test_and_resume_on_toy_data(toy_coco, tmp_path):
 
 def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
     work = str(tmp_path / 'dist')
-    env = dict(os.environ, PORT='29612')
-    out = subprocess.run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work] +
-                         data_options(toy_coco, **{'train_cfg.max_epochs': 1,
-                                                   'train_cfg.val_interval': 5}),
-                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[:1500] + log[-4000:]
-    assert 'gloo' in log and 'Distributed training: True' in log and 'GPU number: 2' in log
+    log = run_dist_train(DEMO, work, data_options(toy_coco, **{'train_cfg.max_epochs': 1,
+                                                               'train_cfg.val_interval': 5}),
+                         port=29612)
     # 8 images over 2 ranks x 2 images: both ranks train 2 iterations each.
     assert 'Epoch(train) [1][2/2]' in log
     assert sorted(os.listdir(work)).count('epoch_1.pth') == 1

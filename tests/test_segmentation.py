@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cfg_options
+from conftest import ROOT, cfg_options, run_dist_train
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -200,14 +200,8 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
 
 def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):
     work = str(tmp_path / 'dist')
-    env = dict(os.environ, PORT='29613')
-    out = subprocess.run(['bash', 'tools/dist_train.sh', DEMO, '2', '--work-dir', work] +
-                         cfg_options(toy_ade20k, **{'train_cfg.max_iters': 2,
-                                                     'train_cfg.val_interval': 100,
-                                                     'default_hooks.checkpoint.interval': 2}),
-                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[:1500] + log[-4000:]
-    assert 'gloo' in log and 'Distributed training: True' in log and 'GPU number: 2' in log
+    log = run_dist_train(DEMO, work, cfg_options(toy_ade20k, **{
+        'train_cfg.max_iters': 2, 'train_cfg.val_interval': 100,
+        'default_hooks.checkpoint.interval': 2}), port=29613)
     assert 'SyncBN -> BN' in log and 'Iter(train) [2/2]' in log
     assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['iter_2.pth']

@@ -25,6 +25,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from tools.get_flops import build_model  # noqa: E402
+from tools.make_toy_data import CLASSES as TOY_COCO_CLASSES  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -67,7 +68,7 @@ def use_toy_data(cfg, scope: str, folder: str) -> None:
     if kind == 'coco':
         dataset.ann_file = 'annotations/instances_val.json'
         dataset.data_prefix = dict(img='val/')
-        dataset.metainfo = dict(classes=('circle', 'square', 'triangle'))
+        dataset.metainfo = dict(classes=TOY_COCO_CLASSES)
     else:
         dataset.data_prefix = dict(img_path='images/validation',
                                    seg_map_path='annotations/validation')

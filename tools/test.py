@@ -7,15 +7,12 @@ import argparse
 import os.path as osp
 import sys
 
-import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
-from convnext_mm.utils import (adapt_to_device, allow_mmengine_checkpoint_globals,  # noqa: E402
-                               load_tool_config, parse_tool_args)
+from convnext_mm.utils import (adapt_to_device, load_tool_config, parse_tool_args,  # noqa: E402
+                               run_tool)
 
 
 def parse_args(argv=None):
@@ -68,21 +65,16 @@ def build_config(args) -> Config:
     return cfg
 
 
+def test(runner, out=None):
+    if out is not None:
+        from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=out))
+    runner.test()
+
+
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_config(args)
-    allow_mmengine_checkpoint_globals()
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out is not None:
-        from mmengine.evaluator import DumpResults
-        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
-    try:
-        runner.test()
-    finally:
-        # Close the process group before exit: gloo's threads still running at interpreter
-        # shutdown abort the process ("terminate called without an active exception").
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    run_tool(build_config(args), lambda runner: test(runner, args.out))
 
 
 if __name__ == '__main__':

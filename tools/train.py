@@ -9,15 +9,12 @@ import argparse
 import os.path as osp
 import sys
 
-import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
-from convnext_mm.utils import (adapt_to_device, allow_mmengine_checkpoint_globals,  # noqa: E402
-                               load_tool_config, parse_tool_args)
+from convnext_mm.utils import (adapt_to_device, load_tool_config, parse_tool_args,  # noqa: E402
+                               run_tool)
 
 
 def parse_args(argv=None):
@@ -54,16 +51,7 @@ def build_config(args) -> Config:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_config(args)
-    allow_mmengine_checkpoint_globals()
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    try:
-        runner.train()
-    finally:
-        # Close the process group before exit: gloo's threads still running at interpreter
-        # shutdown abort the process ("terminate called without an active exception").
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    run_tool(build_config(args), lambda runner: runner.train())
 
 
 if __name__ == '__main__':

@@ -130,3 +130,23 @@ def allow_mmengine_checkpoint_globals() -> None:
     torch.serialization.add_safe_globals(
         [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype] + dtype_classes +
         [(_history_buffer_method, 'builtins.getattr')])
+
+
+def run_tool(cfg: Config, action) -> None:
+    """Build the runner of a train/test tool, hand it to ``action``, then close the
+    distributed process group.
+
+    Checkpoints are loaded through the restricted unpickler with mmengine's
+    classes allow-listed. The process group is closed even when ``action``
+    fails: gloo's threads still running at interpreter shutdown abort the
+    process ("terminate called without an active exception").
+    """
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    allow_mmengine_checkpoint_globals()
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    try:
+        action(runner)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
