@@ -2,6 +2,9 @@
 PYTHON := .venv/bin/python
 ENV_STAMP := .venv/.convnext_mm-env
 PYTEST_ARGS ?=
+# Two test processes (one per core on the 2-core CI machines); a file's tests stay together,
+# so module-scoped fixtures (toy datasets, reference runs) are built once.
+PYTEST_WORKERS ?= 2
 
 .PHONY: env test demo demo-det demo-seg clean-env
 
@@ -12,7 +15,7 @@ $(ENV_STAMP): tools/setup_env.sh requirements/env.txt setup.py
 	touch $@
 
 test: $(ENV_STAMP)
-	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 DEMO_DET := configs/demo/cascade_convnext_demo.py
 DEMO_DET_DIR := work_dirs/demo_det

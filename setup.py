@@ -40,7 +40,7 @@ setup(
     packages=find_packages(include=['convnext_mm', 'convnext_mm.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=1.13',
+        'torch>=2.5',  # torch.serialization.add_safe_globals with (function, name) entries
         'mmengine>=0.10.0,<1.0',
         'safetensors',
     ],
@@ -50,7 +50,7 @@ setup(
         'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.0,<1.3', 'ftfy', 'regex'],
         'all': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0,<3.4', 'mmsegmentation>=1.0,<1.3',
                 'pycocotools', 'ftfy', 'regex', 'timm'],
-        'tests': ['pytest', 'timm', 'torchvision'],
+        'tests': ['pytest', 'pytest-xdist', 'timm', 'torchvision'],
     },
     package_data={'convnext_mm': ['.mim/configs/*.py', '.mim/configs/*/*.py']},
     zip_safe=False,

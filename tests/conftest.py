@@ -15,6 +15,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope='session')
+def toy_coco(tmp_path_factory) -> str:
+    """A tiny toy COCO dataset (8 train, 4 val images of 128x128); its root, ending in '/'."""
+    out = tmp_path_factory.mktemp('toy_coco')
+    subprocess.run([sys.executable, 'tools/make_toy_data.py', '--out', str(out), '--num-train',
+                    '8', '--num-val', '4', '--size', '128', '128'], cwd=ROOT, check=True)
+    return str(out) + '/'
+
+
 def randomize_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     """Give every parameter random values so that no block is a near no-op.
 

@@ -217,6 +217,15 @@ def test_channels_last_input_gives_same_outputs():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_outputs_are_contiguous_nchw(memory_format, with_cp):
+    """C++/CUDA ops such as mmcv's RoIAlign read raw NCHW memory and ignore strides."""
+    model = ConvNeXt('atto', with_cp=with_cp).train()
+    outs = model(torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format))
+    assert all(out.is_contiguous() for out in outs)
+
+
 def test_layernorm_in_fp32_under_half_precision():
     from convnext_mm.models.backbones.layers import LayerNorm2d
     norm = LayerNorm2d(64, eps=1e-6)

@@ -80,8 +80,8 @@ def build(cfg, checkpoint, device):
     if checkpoint:
         from mmengine.runner import load_checkpoint
 
-        from convnext_mm.utils import allow_mmengine_checkpoint_globals
-        allow_mmengine_checkpoint_globals()
+        from convnext_mm.checkpoint import use_restricted_checkpoint_loading
+        use_restricted_checkpoint_loading()
         load_checkpoint(model, checkpoint, map_location='cpu')
     if device == 'cpu':
         from mmengine.model import revert_sync_batchnorm

@@ -11,8 +11,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
 
-from convnext_mm.utils import (adapt_to_device, load_tool_config, parse_tool_args,  # noqa: E402
-                               run_tool)
+from convnext_mm.checkpoint import check_checkpoint_file  # noqa: E402
+from convnext_mm.utils import (adapt_to_device, check_dataset_paths, load_tool_config,  # noqa: E402
+                               parse_tool_args, run_tool)
 
 
 def parse_args(argv=None):
@@ -51,12 +52,12 @@ def enable_tta(cfg):
 
 
 def build_config(args) -> Config:
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'Checkpoint not found: {args.checkpoint!r}')
+    check_checkpoint_file(args.checkpoint)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must end in .pkl or .pickle, got {args.out!r}')
     cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
+    check_dataset_paths(cfg, 'test')
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
     if args.tta:

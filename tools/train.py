@@ -13,8 +13,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
 
-from convnext_mm.utils import (adapt_to_device, load_tool_config, parse_tool_args,  # noqa: E402
-                               run_tool)
+from convnext_mm.utils import (adapt_to_device, check_dataset_paths,  # noqa: E402
+                               build_train_loop, load_tool_config, parse_tool_args,
+                               resolve_resume, run_tool, use_safe_training_hooks)
 
 
 def parse_args(argv=None):
@@ -39,19 +40,21 @@ def build_config(args) -> Config:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise KeyError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')
-        cfg.resume, cfg.load_from = True, args.resume
+    resolve_resume(cfg, args.resume)
+    check_dataset_paths(cfg, 'train')
+    use_safe_training_hooks(cfg)
     adapt_to_device(cfg)
     return cfg
 
 
+def train(runner):
+    build_train_loop(runner)  # fails clearly on an empty training set
+    runner.train()
+
+
 def main(argv=None):
     args = parse_args(argv)
-    run_tool(build_config(args), lambda runner: runner.train())
+    run_tool(build_config(args), train)
 
 
 if __name__ == '__main__':

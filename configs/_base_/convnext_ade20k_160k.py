@@ -23,3 +23,8 @@ optim_wrapper = dict(
 # The recipes train on 8 GPUs x 2 images (train_dataloader.batch_size=2 there, since the
 # dataset base owns the dataloaders); --auto-scale-lr scales the lr for other total batch sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# Checkpoints written atomically (a killed run never leaves a half-written one for --resume)
+# and a NaN/inf loss stops training before it is saved (convnext_mm.engine.hooks).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='FiniteLossHook')]

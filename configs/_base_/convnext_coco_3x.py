@@ -49,3 +49,8 @@ optim_wrapper = dict(
 
 # 8 GPUs x 2 images; --auto-scale-lr scales the lr for other total batch sizes.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# Checkpoints written atomically (a killed run never leaves a half-written one for --resume)
+# and a NaN/inf loss stops training before it is saved (convnext_mm.engine.hooks).
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
+custom_hooks = [dict(type='FiniteLossHook')]

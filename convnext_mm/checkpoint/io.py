@@ -6,6 +6,7 @@ There is no fallback to the unrestricted unpickler.
 """
 import os
 import os.path as osp
+import zipfile
 from typing import Any, Dict
 
 import torch
@@ -34,17 +35,43 @@ def resolve_checkpoint_path(path_or_url: str) -> str:
     return path_or_url
 
 
-def load_checkpoint_file(path_or_url: str) -> Dict[str, Any]:
+def check_checkpoint_file(path: str, what: str = 'Checkpoint') -> None:
+    """Fail early, naming ``path``, when a local checkpoint is missing, empty or truncated.
+
+    PyTorch checkpoints are zip archives: their directory sits at the end of the
+    file and each entry has a CRC, so a cut-off or damaged file is caught here
+    before a run starts (reading the file once).
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'{what} not found: {path!r}')
+    if osp.getsize(path) == 0:
+        raise CheckpointError(f'{what} {path!r} is empty (0 bytes)')
+    with open(path, 'rb') as f:
+        is_zip = f.read(4) == b'PK\x03\x04'
+    if not is_zip:  # .safetensors, or the pre-1.6 PyTorch format: checked when loaded
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f'{what} {path!r} is truncated or corrupt ({e}); '
+                              f'use an earlier checkpoint') from e
+    if damaged is not None:
+        raise CheckpointError(f'{what} {path!r} is corrupt (entry {damaged!r} fails its CRC '
+                              f'check); use an earlier checkpoint')
+
+
+def load_checkpoint_file(path_or_url: str, map_location='cpu') -> Dict[str, Any]:
     """Load a checkpoint as plain containers and tensors, refusing anything else."""
     path = resolve_checkpoint_path(path_or_url)
     if path.endswith(SAFETENSORS_SUFFIX):
         from safetensors.torch import load_file
         try:
-            return load_file(path, device='cpu')
+            return load_file(path, device=map_location if isinstance(map_location, str) else 'cpu')
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f'Cannot read safetensors checkpoint {path!r}: {e}') from e
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         if 'Unsupported global' in str(e) or 'weights_only' in str(e):
             raise CheckpointError(

@@ -1,3 +1,4 @@
+from .hooks import AtomicCheckpointHook, FiniteLossHook
 from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
 
-__all__ = ['ConvNeXtLayerDecayOptimizerConstructor']
+__all__ = ['AtomicCheckpointHook', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook']

@@ -3,11 +3,12 @@ import argparse
 import logging
 import os
 import os.path as osp
-import pickle
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+from ..checkpoint.mmengine_loader import use_restricted_checkpoint_loading
 
 
 def parse_tool_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -36,6 +37,44 @@ def load_tool_config(args) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
+
+
+def use_safe_training_hooks(cfg: Config) -> None:
+    """Give any config the kill-safe checkpoint hook and the non-finite loss check.
+
+    mmengine's ``CheckpointHook`` becomes ``AtomicCheckpointHook`` (a subclass
+    with the same arguments) and ``FiniteLossHook`` is added unless present.
+    """
+    checkpoint_hook = cfg.get('default_hooks', {}).get('checkpoint')
+    if checkpoint_hook is not None and checkpoint_hook.get('type') in ('CheckpointHook',
+                                                                       'mmengine.CheckpointHook'):
+        checkpoint_hook['type'] = 'AtomicCheckpointHook'
+    custom_hooks = cfg.get('custom_hooks') or []
+    if not any(hook.get('type') == 'FiniteLossHook' for hook in custom_hooks):
+        cfg.custom_hooks = list(custom_hooks) + [dict(type='FiniteLossHook')]
+
+
+def resolve_resume(cfg: Config, resume) -> None:
+    """Set ``cfg.resume``/``cfg.load_from`` for ``--resume [CKPT]`` and check, before the
+    run starts, that the checkpoint to be read exists and is complete.
+
+    ``resume='auto'`` takes the checkpoint named by ``<work_dir>/last_checkpoint``
+    (none: training starts from scratch, as in mmengine).
+    """
+    from mmengine.runner import find_latest_checkpoint
+
+    from ..checkpoint import check_checkpoint_file
+    if resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
+        if osp.isfile(pointer):
+            check_checkpoint_file(find_latest_checkpoint(cfg.work_dir),
+                                  f'The checkpoint named by {pointer}')
+    elif resume is not None:
+        check_checkpoint_file(resume, '--resume checkpoint')
+        cfg.resume, cfg.load_from = True, resume
+    elif cfg.get('load_from') and '://' not in cfg.load_from:
+        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
 
 
 def _replace_sync_bn(node) -> int:
@@ -91,59 +130,18 @@ def adapt_to_device(cfg: Config) -> None:
         print_log(f'No CUDA device: {"; ".join(changes)}', logger='current', level=logging.WARNING)
 
 
-def _history_buffer_method(owner, name):
-    """Stands in for ``builtins.getattr`` while unpickling a checkpoint.
-
-    mmengine pickles ``HistoryBuffer``'s statistics methods (min, max, mean,
-    current) as ``getattr(HistoryBuffer, 'min')``. A real ``getattr`` would let
-    a crafted pickle walk from any allowed object to arbitrary code, so only
-    those lookups are answered.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if owner is HistoryBuffer:
-        if name in ('min', 'max', 'mean', 'current'):  # registered by every HistoryBuffer
-            return getattr(HistoryBuffer, name)
-        if name in HistoryBuffer._statistics_methods:  # custom ones registered in this process
-            return HistoryBuffer._statistics_methods[name]
-    raise pickle.UnpicklingError(
-        f'Refused getattr({owner!r}, {name!r}) in a checkpoint: only the statistics methods '
-        f'of mmengine\'s HistoryBuffer are allowed')
-
-
-def allow_mmengine_checkpoint_globals() -> None:
-    """Allow-list, for ``torch.load(weights_only=True)``, exactly the non-tensor
-    objects that mmengine 0.10 writes into its checkpoints: the message hub's
-    ``HistoryBuffer`` (with its statistics methods) and the numpy arrays,
-    dtypes and scalars inside it.
-
-    torch >= 2.6 loads with ``weights_only=True`` by default, so ``--resume``
-    fails on mmengine's own checkpoints without this; the restricted unpickler
-    stays on for everything else.
-    """
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(name)) for name in ('float64', 'float32', 'int64', 'int32')]
-    torch.serialization.add_safe_globals(
-        [HistoryBuffer, _reconstruct, scalar, np.ndarray, np.dtype] + dtype_classes +
-        [(_history_buffer_method, 'builtins.getattr')])
-
-
 def run_tool(cfg: Config, action) -> None:
     """Build the runner of a train/test tool, hand it to ``action``, then close the
     distributed process group.
 
-    Checkpoints are loaded through the restricted unpickler with mmengine's
-    classes allow-listed. The process group is closed even when ``action``
+    Every checkpoint the runner reads (``--resume``, ``load_from``) goes through
+    the restricted unpickler with mmengine's classes allow-listed. The process group is closed even when ``action``
     fails: gloo's threads still running at interpreter shutdown abort the
     process ("terminate called without an active exception").
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    allow_mmengine_checkpoint_globals()
+    use_restricted_checkpoint_loading()
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         action(runner)

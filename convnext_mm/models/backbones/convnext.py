@@ -1,4 +1,6 @@
 """ConvNeXt (V1, and V2 with GRN) as a multi-scale OpenMMLab backbone."""
+import difflib
+import inspect
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -57,6 +59,15 @@ class ConvNeXtBlock(nn.Module):
         return x + self._residual(x)
 
 
+def _unknown_args_message(unknown_args: dict, signature: inspect.Signature) -> str:
+    allowed = [name for name in signature.parameters if name != 'unknown_args']
+    hints = []
+    for name in sorted(unknown_args):
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.5)
+        hints.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return f'ConvNeXt got unknown argument(s) {", ".join(hints)}; allowed: {allowed}'
+
+
 @MODELS.register_module()
 class ConvNeXt(BaseModule):
     """ConvNeXt backbone for detection and segmentation.
@@ -91,6 +102,9 @@ class ConvNeXt(BaseModule):
             ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads any
             supported checkpoint format (see ``convnext_mm.checkpoint``).
             Defaults to the official truncated-normal (std 0.02) init.
+
+    Any other keyword (a typo in a config) raises ``TypeError`` naming it, the
+    closest allowed argument and the full list.
     """
 
     arch_settings: Dict[str, Dict[str, List[int]]] = {
@@ -116,7 +130,10 @@ class ConvNeXt(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = 0,
                  with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 **unknown_args):
+        if unknown_args:  # a typo in a config's backbone dict: name it and the likely key
+            raise TypeError(_unknown_args_message(unknown_args, inspect.signature(ConvNeXt)))
         if init_cfg is None:  # the official initialisation
             init_cfg = [
                 dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
@@ -253,5 +270,7 @@ class ConvNeXt(BaseModule):
         for i in range(NUM_STAGES):
             x = self.stages[i](self.downsample_layers[i](x))
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                # The channels-first LayerNorm leaves NHWC strides; mmcv's RoIAlign and other
+                # CUDA/C++ ops read raw NCHW memory, so the outputs are made contiguous.
+                outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
