@@ -40,7 +40,7 @@ setup(
     packages=find_packages(include=['convnext_mm', 'convnext_mm.*']),
     python_requires='>=3.8',
     install_requires=[
-        'torch>=2.5',  # torch.serialization.add_safe_globals with (function, name) entries
+        'torch>=2.6',  # add_safe_globals with (function, name) entries; weights_only default
         'mmengine>=0.10.0,<1.0',
         'safetensors',
     ],

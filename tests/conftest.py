@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -36,6 +37,15 @@ def randomize_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
                 is_norm_weight = isinstance(module, torch.nn.LayerNorm) and name == 'weight'
                 p.copy_(float(is_norm_weight) + scale * torch.randn_like(p))
     return model
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` as a module (to call its functions in-process)."""
+    path = os.path.join(ROOT, 'tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(args, timeout=900, **kwargs) -> str:

@@ -1,26 +1,18 @@
 """Bad input raises early with a message naming the bad value and what is allowed, and leaves
 nothing behind. (Backbone arguments, checkpoints and layer decay have their own cases in
 test_backbone.py, test_checkpoint.py and test_layer_decay.py; docs/reliability.md lists all.)"""
-import importlib.util
 import json
 import os.path as osp
 import shutil
 
 import pytest
 import torch
-from conftest import ROOT, cfg_options
+from conftest import ROOT, cfg_options, load_tool
 
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.models import ConvNeXt
 
 DEMO = 'configs/demo/cascade_convnext_demo.py'
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,5 @@
 """Reliability: kill-safe checkpoints with bit-identical resume, restricted checkpoint loading
 everywhere, NaN losses and distributed faults (docs/reliability.md)."""
-import importlib.util
 import os
 import os.path as osp
 import random
@@ -12,11 +11,11 @@ import types
 
 import pytest
 import torch
-from conftest import ROOT, cfg_options
+from conftest import ROOT, cfg_options, load_tool
+from conftest import run_tool as run
 from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.registry import DATASETS, MODELS
-from conftest import run_tool as run
 
 import convnext_mm  # noqa: F401  (registers the hooks and the restricted checkpoint loader)
 from convnext_mm.checkpoint import CheckpointError
@@ -47,13 +46,6 @@ def train_options(root, epochs=3, **extra):
         'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': 100,
         'default_hooks.checkpoint.interval': 1, 'default_hooks.checkpoint.max_keep_ckpts': 1,
         'randomness.deterministic': True, **extra})
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_same_training_state(path, reference):
