@@ -69,6 +69,15 @@ def cfg_options(root: str, **extra) -> list:
     return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
 
 
+def coco_options(root: str, **extra) -> list:
+    """``cfg_options`` for the detection demo on the toy COCO data at ``root``: the COCO
+    evaluators read that root's val annotations, and a checkpoint is saved every epoch."""
+    annotations = root + 'annotations/instances_val.json'
+    return cfg_options(root, **{'val_evaluator.ann_file': annotations,
+                                'test_evaluator.ann_file': annotations,
+                                'default_hooks.checkpoint.interval': 1, **extra})
+
+
 def run_dist_train(config: str, work_dir: str, options: list, port: int) -> str:
     """``bash tools/dist_train.sh CONFIG 2`` on the CPU; checks that 2 gloo ranks ran."""
     out = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work_dir] +

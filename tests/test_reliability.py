@@ -11,7 +11,7 @@ import types
 
 import pytest
 import torch
-from conftest import ROOT, cfg_options, load_tool
+from conftest import ROOT, coco_options, load_tool
 from conftest import run_tool as run
 from mmengine.config import Config
 from mmengine.model import BaseModel
@@ -42,10 +42,9 @@ runpy.run_path('tools/train.py', run_name='__main__')
 
 
 def train_options(root, epochs=3, **extra):
-    return cfg_options(root, **{
+    return coco_options(root, **{
         'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': 100,
-        'default_hooks.checkpoint.interval': 1, 'default_hooks.checkpoint.max_keep_ckpts': 1,
-        'randomness.deterministic': True, **extra})
+        'default_hooks.checkpoint.max_keep_ckpts': 1, 'randomness.deterministic': True, **extra})
 
 
 def assert_same_training_state(path, reference):
