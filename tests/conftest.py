@@ -11,6 +11,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
+    # `make test` runs one test process per core: one thread each (and in the tools they
+    # start) instead of each process spreading over every core.
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
