@@ -142,3 +142,18 @@ def test_unknown_config_file_and_bad_hook_argument(train_tool, tmp_path):
     from convnext_mm.engine import FiniteLossHook
     with pytest.raises(ValueError, match=r'max_skipped_steps must be an int >= 0, got -1'):
         FiniteLossHook(max_skipped_steps=-1)
+
+
+def test_datasets_on_remote_storage_are_left_to_their_file_backend():
+    from mmengine.config import Config
+
+    from convnext_mm.utils import check_dataset_paths
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/cascade_convnext_t_coco.py'))
+    cfg.train_dataloader.dataset.data_root = '/nonexistent/coco/'
+    with pytest.raises(FileNotFoundError, match=r"data_root: folder not found: '/nonexistent"):
+        check_dataset_paths(cfg, 'train')
+    cfg.train_dataloader.dataset.backend_args = dict(backend='petrel')
+    check_dataset_paths(cfg, 'train')
+    cfg.train_dataloader.dataset.backend_args = None
+    cfg.train_dataloader.dataset.data_root = 's3://bucket/coco/'
+    check_dataset_paths(cfg, 'train')

@@ -21,7 +21,8 @@ def _join(data_root, path):
 def check_dataset_paths(cfg, split: str) -> None:
     """Raise ``FileNotFoundError`` naming the config key when ``{split}_dataloader``'s
     data root, annotation file or image/label folders do not exist, and
-    ``ValueError`` when the annotation file is empty (0 bytes).
+    ``ValueError`` when the annotation file is empty (0 bytes). Datasets read
+    through a non-local file back end (``backend_args``, URLs) are not checked.
     """
     loader = cfg.get(f'{split}_dataloader')
     if not loader or 'dataset' not in loader:
@@ -29,6 +30,8 @@ def check_dataset_paths(cfg, split: str) -> None:
     hint = 'make the toy data with tools/make_toy_data.py, or see the README for the data layout'
     for dataset, where in _datasets(loader, f'{split}_dataloader'):
         data_root = dataset.get('data_root') or ''
+        if dataset.get('backend_args') or '://' in data_root:
+            continue  # remote storage (petrel, s3, http): the file back end checks it
         if data_root and not osp.isdir(data_root):
             raise FileNotFoundError(f'{where}.data_root: folder not found: {data_root!r} ({hint})')
         ann_file = dataset.get('ann_file') or ''
