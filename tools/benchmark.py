@@ -78,10 +78,7 @@ def use_toy_data(cfg, scope: str, folder: str) -> None:
 def build(cfg, checkpoint, device):
     model = build_model(cfg)
     if checkpoint:
-        from mmengine.runner import load_checkpoint
-
-        from convnext_mm.checkpoint import use_restricted_checkpoint_loading
-        use_restricted_checkpoint_loading()
+        from mmengine.runner import load_checkpoint  # restricted since convnext_mm is imported
         load_checkpoint(model, checkpoint, map_location='cpu')
     if device == 'cpu':
         from mmengine.model import revert_sync_batchnorm

@@ -5,7 +5,7 @@ from .mmengine_loader import allow_mmengine_checkpoint_globals, use_restricted_c
 from .pretrained import load_converted, load_pretrained
 
 __all__ = [
-    'LAYOUTS', 'CheckpointError', 'check_checkpoint_file', 'describe_arch', 'detect_layout', 'load_checkpoint_file',
-    'load_converted', 'load_pretrained', 'save_checkpoint_file', 'to_convnext_mm',
-    'allow_mmengine_checkpoint_globals', 'use_restricted_checkpoint_loading'
+    'LAYOUTS', 'CheckpointError', 'allow_mmengine_checkpoint_globals', 'check_checkpoint_file',
+    'describe_arch', 'detect_layout', 'load_checkpoint_file', 'load_converted', 'load_pretrained',
+    'save_checkpoint_file', 'to_convnext_mm', 'use_restricted_checkpoint_loading'
 ]

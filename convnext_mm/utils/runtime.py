@@ -8,8 +8,6 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from ..checkpoint.mmengine_loader import use_restricted_checkpoint_loading
-
 
 def parse_tool_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Add the flags every OpenMMLab train/test tool shares, parse, and export LOCAL_RANK."""
@@ -135,13 +133,13 @@ def run_tool(cfg: Config, action) -> None:
     distributed process group.
 
     Every checkpoint the runner reads (``--resume``, ``load_from``) goes through
-    the restricted unpickler with mmengine's classes allow-listed. The process group is closed even when ``action``
-    fails: gloo's threads still running at interpreter shutdown abort the
-    process ("terminate called without an active exception").
+    the restricted unpickler, routed there by ``import convnext_mm``. The process
+    group is closed even when ``action`` fails: gloo's threads still running at
+    interpreter shutdown abort the process ("terminate called without an active
+    exception").
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    use_restricted_checkpoint_loading()
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         action(runner)

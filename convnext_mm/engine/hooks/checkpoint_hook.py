@@ -72,6 +72,9 @@ class AtomicCheckpointHook(CheckpointHook):
     non-persistent workers).
     """
 
+    _resumed_rng_state = None  # from the checkpoint being resumed, until training starts
+    _train_rng_state = None  # the training random state, kept aside during validation
+
     def before_train(self, runner) -> None:
         super().before_train(runner)
         if isinstance(self.file_backend, LocalBackend) and is_main_process():
@@ -79,7 +82,7 @@ class AtomicCheckpointHook(CheckpointHook):
                 runner.logger.warning(f'Removing {partial}: an incomplete checkpoint left by '
                                       f'an interrupted run')
                 os.remove(partial)
-        if getattr(self, '_resumed_rng_state', None) is not None:
+        if self._resumed_rng_state is not None:
             set_rng_state(self._resumed_rng_state)
             self._resumed_rng_state = None
 
@@ -95,7 +98,7 @@ class AtomicCheckpointHook(CheckpointHook):
         self._train_rng_state = get_rng_state()
 
     def after_val(self, runner) -> None:
-        if getattr(self, '_train_rng_state', None) is not None:
+        if self._train_rng_state is not None:
             set_rng_state(self._train_rng_state)
             self._train_rng_state = None
 
