@@ -94,6 +94,91 @@ def test_matches_torchvision(tmp_path, suffix):
     assert_matches_reference(ours, reference_outs, x)
 
 
+@pytest.mark.parametrize('timm_name,kwargs,drop_path_rate,memory_format', [
+    ('convnext_tiny', dict(arch='tiny'), 0., torch.contiguous_format),
+    ('convnext_tiny', dict(arch='tiny'), 0.3, torch.channels_last),
+    ('convnextv2_atto', dict(arch='atto', use_grn=True), 0.2, torch.contiguous_format),
+])
+def test_training_step_matches_timm(tmp_path, timm_name, kwargs, drop_path_rate, memory_format):
+    """Outputs and every gradient of a training step (stochastic depth drawn from the same
+    seed) equal timm's: checks the fused block tail and the depthwise-convolution backward."""
+    from convnext_mm.checkpoint.formats import convnext_mm_key
+    reference = randomize_(timm.create_model(timm_name, drop_path_rate=drop_path_rate)).train()
+    ours = load_into_ours(tmp_path, reference.state_dict(), drop_path_rate=drop_path_rate,
+                          **kwargs).train()
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
+    torch.manual_seed(7)
+    ours_outs = ours(x)
+    torch.manual_seed(7)
+    reference_outs = [layer_norm_nchw(out, getattr(ours, f'norm{i}'))
+                      for i, out in enumerate(timm_stage_outputs(reference, x))]
+    weights = [torch.randn_like(out) for out in ours_outs]
+    for outs in (ours_outs, reference_outs):
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+    for out, expected in zip(ours_outs, reference_outs):
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    ours_params = dict(ours.named_parameters())
+    compared = 0
+    for name, param in reference.named_parameters():
+        key = convnext_mm_key(name, 'timm')
+        if key in ours_params:
+            grad = ours_params[key].grad
+            torch.testing.assert_close(grad, param.grad.reshape(grad.shape), rtol=1e-4,
+                                       atol=1e-4 * param.grad.abs().max().item(), msg=key)
+            compared += 1
+    assert compared == len([n for n in ours_params if not n.startswith('norm')])
+
+
+@pytest.mark.parametrize('use_grn', [False, True])
+def test_block_under_autocast_matches_fp32(use_grn):
+    """Half precision takes the unfused tail (layer scale not folded into the weights)."""
+    block = randomize_(ConvNeXtBlock(16, drop_path_rate=0.5, use_grn=use_grn)).train()
+    x = torch.randn(4, 16, 8, 8)
+    torch.manual_seed(3)
+    expected = block(x)
+    torch.manual_seed(3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(x)
+    assert out.dtype == torch.float32  # the residual stream keeps its type, as in timm
+    torch.testing.assert_close(out, expected, rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('input_requires_grad', [True, False])
+def test_depthwise_conv_gradients_equal_pytorch_conv2d(memory_format, input_requires_grad):
+    from convnext_mm.models.backbones.layers import DepthwiseConv2d
+    conv = randomize_(DepthwiseConv2d(12, 7)).double()
+    x = torch.randn(3, 12, 9, 13, dtype=torch.float64).contiguous(memory_format=memory_format)
+    grad = torch.randn(3, 12, 9, 13, dtype=torch.float64)
+    results = []
+    for forward in (conv, lambda inp: F.conv2d(inp, conv.weight, conv.bias, padding=3, groups=12)):
+        inp = x.clone().requires_grad_(input_requires_grad)
+        out = forward(inp)
+        out.backward(grad)
+        results.append((out, inp.grad, conv.weight.grad, conv.bias.grad))
+        conv.zero_grad(set_to_none=True)
+    for ours, expected in zip(*results):
+        torch.testing.assert_close(ours, expected)
+    assert results[0][0].is_contiguous(memory_format=memory_format)
+
+
+def test_flop_counter_sees_every_layer_with_autograd_on():
+    """The CPU training fast paths (custom depthwise backward, folded layer scale) step
+    aside under tracing, so FLOP counters see the same layers with and without no_grad."""
+    from mmengine.analysis import FlopAnalyzer
+    model = ConvNeXt('atto').train()
+    x = torch.zeros(1, 3, 64, 64)
+    counts = []
+    for grad_enabled in (True, False):
+        with torch.set_grad_enabled(grad_enabled):
+            analyzer = FlopAnalyzer(model, (x, ))
+            analyzer.unsupported_ops_warnings(False)
+            counts.append((analyzer.total(), analyzer.by_module()['stages.0.0.pwconv2'],
+                           analyzer.by_module()['stages.0.0.dwconv']))
+    assert counts[0] == counts[1]
+    assert counts[0][1] == 16 * 16 * 40 * 160 and counts[0][2] == 16 * 16 * 40 * 49
+
+
 def test_parameter_names_are_the_official_layout():
     """timm's converter of official checkpoints accepts our state dict as one."""
     from timm.models.convnext import checkpoint_filter_fn
@@ -168,7 +253,7 @@ def test_layer_scale_and_grn_options():
 
 def test_drop_path_rates_rise_linearly():
     model = ConvNeXt('tiny', drop_path_rate=0.4)
-    rates = [getattr(b.drop_path, 'drop_prob', 0.) for stage in model.stages for b in stage]
+    rates = [b.drop_path_rate for stage in model.stages for b in stage]
     expected = torch.linspace(0, 0.4, 18).tolist()
     assert rates == pytest.approx(expected)
 

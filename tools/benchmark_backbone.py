@@ -6,15 +6,17 @@
 
 Every implementation gets the same weights (ours, converted) and the same input. For each
 setting, forward (inference, no_grad) and forward+backward (training: sum of the four stage
-outputs, backward) are timed in interleaved rounds after warm-up, so that drift of the
-machine affects every implementation alike; the table gives the median images/s, the spread
-(max-min over median) and ours / reference. Implementations:
+outputs, backward) are timed in interleaved rounds after warm-up (the order rotating each
+round), so that drift of the machine affects every implementation alike; the table gives the
+median images/s, the spread (max-min over median) and ours / reference: the median over
+rounds of the two times measured in the same round. Implementations:
 
 - ours:        convnext_mm.ConvNeXt (stage outputs through norm0..3)
 - timm:        timm's ConvNeXt, stem + stages (features_only equivalent), + the same norms
 - torchvision: torchvision's ConvNeXt .features, stage outputs, + the same norms
-- official:    ours with every channels-first LayerNorm done as the official detection code
-               does it (mean/variance by hand on NCHW): the baseline users migrate from
+- official:    the official detection code's formulation on our weights: its Block.forward
+               and its channels-first LayerNorm (mean/variance by hand on NCHW), the baseline
+               users migrate from
 
 Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
 measured peak of a large matrix product on the same device. --memory adds the memory of one
@@ -37,7 +39,8 @@ import torch.nn as nn
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from convnext_mm import ConvNeXt  # noqa: E402
-from convnext_mm.checkpoint.formats import _rename  # noqa: E402
+from convnext_mm.checkpoint.formats import convnext_mm_key  # noqa: E402
+from convnext_mm.models.backbones.convnext import ConvNeXtBlock  # noqa: E402
 from convnext_mm.models.backbones.layers import LayerNorm2d  # noqa: E402
 
 TIMM_NAMES = {'atto': 'convnext_atto', 'femto': 'convnext_femto', 'pico': 'convnext_pico',
@@ -61,6 +64,26 @@ class ChannelsFirstLayerNorm(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
+class OfficialBlock(nn.Module):
+    """The official detection code's Block.forward, on one of our blocks' parameters."""
+
+    def __init__(self, block: ConvNeXtBlock):
+        super().__init__()
+        if block.grn is not None or block.drop_path_rate > 0:
+            raise ValueError('the official detection block has no GRN and runs here without '
+                             'stochastic depth')
+        self.dwconv, self.norm, self.act = block.dwconv, block.norm, nn.GELU()
+        self.pwconv1, self.pwconv2, self.gamma = block.pwconv1, block.pwconv2, block.gamma
+
+    def forward(self, x):
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
+        if self.gamma is not None:
+            x = self.gamma * x
+        return shortcut + x.permute(0, 3, 1, 2)
+
+
 class StageOutputs(nn.Module):
     """A reference network's stem and stages, each stage output through ours' norm{i}."""
 
@@ -81,7 +104,7 @@ def copy_ours_into(reference: nn.Module, ours_state: dict, layout: str) -> None:
     """Give a timm/torchvision model our weights, renaming by the checkpoint tables."""
     state = reference.state_dict()
     for key, value in state.items():
-        ours_key = _rename(key, layout)
+        ours_key = convnext_mm_key(key, layout)
         if ours_key in ours_state:
             value.copy_(ours_state[ours_key].reshape(value.shape))
     reference.load_state_dict(state)
@@ -124,6 +147,8 @@ def build_implementations(arch: str, with_cp: bool = False) -> dict:
         for name, child in list(parent.named_children()):
             if isinstance(child, LayerNorm2d):
                 setattr(parent, name, ChannelsFirstLayerNorm(child))
+            elif isinstance(child, ConvNeXtBlock):
+                setattr(parent, name, OfficialBlock(child))
     impls['official'] = official
     return impls
 
@@ -164,18 +189,33 @@ def make_step(model, x, train: bool, precision: str, device):
 
 
 def time_interleaved(steps: dict, repeats: int, warmup: int, device) -> dict:
-    for step in steps.values():
-        for _ in range(warmup):
+    """Seconds per step of each implementation, ``repeats`` rounds after ``warmup`` rounds.
+
+    Every round runs each implementation once; the order rotates from round to round, so
+    that no implementation always runs right after the same neighbour.
+    """
+    names = list(steps)
+    for _ in range(warmup):
+        for step in steps.values():
             step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
+    times = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
             synchronize(device)
             start = time.perf_counter()
-            step()
+            steps[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def paired_speed_ratio(ours: list, reference: list) -> float:
+    """Median over rounds of reference time / our time in the same round (> 1: ours faster).
+
+    Pairing the two measurements of a round cancels the machine's drift between rounds,
+    which on a shared CPU is larger than the differences being measured."""
+    return statistics.median(r / o for r, o in zip(reference, ours))
 
 
 def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> float:
@@ -305,7 +345,8 @@ def main(argv=None):
                         ips = {k: shape[0] / m for k, m in medians.items()}
                         flops = 2 * macs * (3 if mode == 'train' else 1)  # backward ~ 2x forward
                         achieved = flops / medians['ours'] / 1e9
-                        ratios = {k: ips['ours'] / ips[k] for k in ips if k != 'ours'}
+                        ratios = {k: paired_speed_ratio(times['ours'], times[k])
+                                  for k in times if k != 'ours'}
                         row = dict(shape='x'.join(map(str, shape)), mode=mode,
                                    precision=precision, channels_last=channels_last,
                                    compile=compiled, images_per_s=ips, spread=spread,

@@ -19,7 +19,7 @@ output norms ``norm0..3`` of the detection backbone start fresh unless the
 checkpoint is itself a detection/segmentation one.
 """
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -117,7 +117,8 @@ def detect_layout(keys) -> str:
         f'First keys: {keys[:6]}')
 
 
-def _rename(key: str, layout: str):
+def convnext_mm_key(key: str, layout: str) -> Optional[str]:
+    """This project's name for ``key`` of a ``layout`` checkpoint; None if not a backbone key."""
     for pattern, replacement in _RENAMES[layout]:
         match = re.match(pattern, key)
         if match:
@@ -148,7 +149,7 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
     is_classifier = 'norm0.weight' not in tensors and layout in ('official', 'mmpretrain')
     converted = {}
     for key, value in tensors.items():
-        new_key = _rename(key, layout)
+        new_key = convnext_mm_key(key, layout)
         if new_key is None:
             continue
         if is_classifier and re.match(r'^norm\d\.', new_key):
