@@ -30,6 +30,36 @@ def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
     assert memory['with_cp_mib'] < 0.6 * memory['plain_mib']  # with_cp saves >= 40%
 
 
+def test_benchmark_backbone_rotates_the_order_and_pairs_rounds():
+    import torch
+    from conftest import load_tool
+    tool = load_tool('benchmark_backbone')
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ('ours', 'timm', 'tv')}
+    times = tool.time_interleaved(steps, repeats=3, warmup=0, device=torch.device('cpu'))
+    assert calls == ['ours', 'timm', 'tv', 'timm', 'tv', 'ours', 'tv', 'ours', 'timm']
+    assert all(len(v) == 3 for v in times.values())
+    # rounds at different machine load: two of three rounds have the reference 2x slower; the
+    # paired ratio says so, the ratio of the medians (2 / 4) would say the opposite
+    assert tool.paired_speed_ratio([1., 4., 4.], [2., 2., 8.]) == 2.
+
+
+def test_official_baseline_runs_pytorch_convolution_and_separate_layer_scale():
+    """The migration baseline must not borrow our fast paths."""
+    import torch
+    from conftest import load_tool
+    pytest.importorskip('timm')
+    block = load_tool('benchmark_backbone').build_implementations('atto')['official'].stages[0][0]
+    out = block(torch.randn(1, 40, 8, 8, requires_grad=True))
+    names, pending = set(), [out.grad_fn]
+    while pending:
+        node = pending.pop()
+        names.add(type(node).__name__)
+        pending += [next_node for next_node, _ in node.next_functions if next_node is not None]
+    assert 'ConvolutionBackward0' in names and 'MulBackward0' in names
+    assert not any('Depthwise' in name or 'Addcmul' in name for name in names)
+
+
 def test_benchmark_backbone_rejects_bad_arguments():
     out = subprocess.run([sys.executable, 'tools/benchmark_backbone.py', '--shapes', '1x4x64x64'],
                          cwd=ROOT, capture_output=True, text=True)

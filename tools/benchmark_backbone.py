@@ -77,7 +77,8 @@ class OfficialBlock(nn.Module):
 
     def forward(self, x):
         shortcut = x
-        x = self.dwconv(x).permute(0, 2, 3, 1)
+        # PyTorch's own convolution (the official nn.Conv2d), not our DepthwiseConv2d's backward
+        x = nn.Conv2d.forward(self.dwconv, x).permute(0, 2, 3, 1)
         x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
         if self.gamma is not None:
             x = self.gamma * x

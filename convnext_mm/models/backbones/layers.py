@@ -53,11 +53,11 @@ def stochastic_depth_factor(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 class _DepthwiseConv2dFunction(torch.autograd.Function):
     """Depthwise convolution (stride 1, 'same' padding) whose backward is two convolutions.
 
-    PyTorch's CPU backward of a depthwise convolution computes the weight gradient slowly
-    (5-60x the forward time here). Both gradients are convolutions themselves: the input
-    gradient convolves the output gradient with the flipped kernel, and the weight gradient
-    is a grouped convolution with one group per (sample, channel) whose kernel is the output
-    gradient. oneDNN runs both fast.
+    PyTorch's CPU backward of a depthwise convolution is slow (12-60x the forward time on a
+    2-core EPYC, mostly the weight gradient). Both gradients are convolutions themselves: the
+    input gradient convolves the output gradient with the flipped kernel, and the weight
+    gradient is a grouped convolution with one group per (sample, channel) whose kernel is the
+    output gradient. oneDNN runs both fast.
     """
 
     @staticmethod
