@@ -1,6 +1,7 @@
 """Stop training at the first non-finite loss, before anything is saved."""
 import math
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -30,7 +31,8 @@ class FiniteLossHook(Hook):
         self.skipped_in_a_row = 0
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        loss = float(outputs['loss'])
+        loss = outputs['loss']
+        loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         if math.isfinite(loss):
             self.skipped_in_a_row = 0
             return
