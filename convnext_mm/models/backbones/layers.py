@@ -94,9 +94,6 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.is_cpu and x.dtype in (torch.float32, torch.float64) and torch.is_grad_enabled()
-                and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-                # Under CPU DDP (gloo) a rank sometimes aborted with it (2 of 9 runs); not
-                # understood yet, so distributed runs keep PyTorch's own backward.
-                and not (torch.distributed.is_available() and torch.distributed.is_initialized())):
+                and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()):
             return _DepthwiseConv2dFunction.apply(x, self.weight, self.bias)
         return super().forward(x)
