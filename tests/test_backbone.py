@@ -179,6 +179,55 @@ def test_flop_counter_sees_every_layer_with_autograd_on():
     assert counts[0][1] == 16 * 16 * 40 * 160 and counts[0][2] == 16 * 16 * 40 * 49
 
 
+def count_fused_linear_calls(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return sum(e.name.startswith('mkldnn::_linear_pointwise') for e in prof.events()), result
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.parametrize('use_grn', [False, True])
+def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
+    """In fp32 CPU inference each block runs Linear+GELU and Linear+add as two fused oneDNN
+    kernels; with oneDNN switched off the plain layers run and give the same outputs."""
+    model = randomize_(ConvNeXt('atto', use_grn=use_grn)).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        fused_calls, outs = count_fused_linear_calls(lambda: model(x))
+        with torch.backends.mkldnn.flags(enabled=False):
+            plain_calls, expected = count_fused_linear_calls(lambda: model(x))
+    assert fused_calls == 2 * sum(model.depths) and plain_calls == 0
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with_grad_calls, _ = count_fused_linear_calls(lambda: model(x))
+    assert with_grad_calls == 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(monkeypatch):
+    """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
+    take the fused kernels; outputs and the gradients of the trained stages are those of the
+    plain layers."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
+    x = torch.randn(2, 3, 64, 64)
+    weights = None
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(convnext_module, 'onednn_inference', lambda *args: False)
+        model.zero_grad(set_to_none=True)
+        calls, outs = count_fused_linear_calls(lambda: model(x))
+        weights = weights or [torch.randn_like(out) for out in outs]
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+        results.append((calls, outs, [p.grad for p in model.parameters() if p.requires_grad]))
+    assert results[0][0] == 2 * (model.depths[0] + model.depths[1]) and results[1][0] == 0
+    for ours, expected in zip(results[0][1] + tuple(results[0][2]),
+                              results[1][1] + tuple(results[1][2])):
+        torch.testing.assert_close(ours, expected, rtol=1e-4,
+                                   atol=1e-5 * expected.abs().max().item())
+
+
 def test_parameter_names_are_the_official_layout():
     """timm's converter of official checkpoints accepts our state dict as one."""
     from timm.models.convnext import checkpoint_filter_fn
@@ -337,6 +386,22 @@ def test_compiles_without_graph_breaks():
     with torch.no_grad():
         for a, b in zip(compiled(x), model(x)):
             torch.testing.assert_close(a, b)
+
+
+def test_inductor_compiles_the_fused_inference_kernels():
+    """The fused oneDNN kernels are custom ops with fake-tensor kernels, which inductor keeps
+    as they are (it lowers oneDNN's own linear only for frozen weights)."""
+    model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32]))).eval()
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        compiled(x)
+        calls, outs = count_fused_linear_calls(lambda: compiled(x))
+        expected = model(x)
+    assert calls == (8 if torch.backends.mkldnn.is_available() else 0)
+    for out, ref in zip(outs, expected):
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_block_residual_is_identity_when_branch_is_zero():

@@ -11,7 +11,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
-from .layers import GRN, DepthwiseConv2d, LayerNorm2d, stochastic_depth_factor
+from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear_add, linear_gelu,
+                     onednn_inference, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -29,8 +30,9 @@ class ConvNeXtBlock(nn.Module):
     weights underflows), GELU runs in place when autograd keeps nothing, and the shortcut is
     added in place. New large tensors are the expensive part on the CPU, where each one is
     fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
-    also has a faster backward pass (``DepthwiseConv2d``). Same outputs and gradients up to
-    float rounding.
+    also has a faster backward pass (``DepthwiseConv2d``), and in fp32 inference (and in
+    frozen stages) Linear+GELU and Linear+add each run as one oneDNN kernel
+    (``onednn_inference``). Same outputs and gradients up to float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -54,8 +56,12 @@ class ConvNeXtBlock(nn.Module):
         return f'drop_path_rate={self.drop_path_rate:.3f}, with_cp={self.with_cp}'
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pwconv1(self.norm(self.dwconv(x).permute(0, 2, 3, 1)))
-        y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        if onednn_inference(y, self.pwconv1):
+            y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
+        else:
+            y = self.pwconv1(y)
+            y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
         if self.grn is not None:
             y = self.grn(y)
         return self._add_residual(x.permute(0, 2, 3, 1), y).permute(0, 3, 1, 2)
@@ -63,6 +69,12 @@ class ConvNeXtBlock(nn.Module):
     def _add_residual(self, shortcut: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
         scale, weight = self.gamma, self.pwconv2.weight
+        if (shortcut.is_contiguous() and not (self.training and self.drop_path_rate > 0)
+                and onednn_inference(y, self.pwconv2, scale, shortcut)):
+            bias = self.pwconv2.bias
+            if scale is not None:
+                weight, bias = weight * scale[:, None], bias * scale
+            return linear_add(y, weight, bias, shortcut)
         # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
         if (scale is not None and y.dtype == weight.dtype
                 and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()):

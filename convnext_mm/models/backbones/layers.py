@@ -50,6 +50,58 @@ def stochastic_depth_factor(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return factor.div_(keep_prob)
 
 
+# Read once: torch.compile does not trace into torch.backends' availability checks.
+_HAS_ONEDNN_FUSED_LINEAR = (torch.backends.mkldnn.is_available()
+                            and not torch.ops.mkldnn._is_mkldnn_acl_supported())
+
+
+def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """Whether oneDNN's fused linear kernels (``torch.ops.mkldnn._linear_pointwise``, the ones
+    inductor uses on the CPU) can stand in for Linear + GELU or Linear + add: fp32 on a CPU with
+    oneDNN, nothing that autograd records, no autocast, not tracing (FLOP counters and ONNX
+    export see the plain layers)."""
+    if not (_HAS_ONEDNN_FUSED_LINEAR and not torch.jit.is_tracing()
+            and x.is_cpu and x.dtype == torch.float32
+            and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled('cpu')):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    tensors = [x]
+    for item in modules_or_tensors:
+        if isinstance(item, nn.Module):
+            tensors.extend(item.parameters())
+        elif item is not None:
+            tensors.append(item)
+    return not any(t.requires_grad for t in tensors)
+
+
+# The two fused kernels are custom ops (no autograd formula: inference only) so that
+# torch.compile keeps them as they are: inductor lowers oneDNN's linear only for constant
+# (frozen) weights, and PyTorch has no fake-tensor kernel for the binary variant.
+@torch.library.custom_op('convnext_mm::linear_gelu', mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(F.linear(x, weight, bias))`` (exact erf GELU) as one oneDNN kernel."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu', [None], 'none')
+
+
+@torch.library.custom_op('convnext_mm::linear_add', mutates_args=())
+def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+               residual: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + residual`` as one oneDNN kernel."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+
+
+@linear_gelu.register_fake
+def _linear_gelu_fake(x, weight, bias):
+    return x.new_empty(x.shape[:-1] + weight.shape[:1])
+
+
+@linear_add.register_fake
+def _linear_add_fake(x, weight, bias, residual):
+    return torch.empty_like(residual, memory_format=torch.contiguous_format)
+
+
 class _DepthwiseConv2dFunction(torch.autograd.Function):
     """Depthwise convolution (stride 1, 'same' padding) whose backward is two convolutions.
 
