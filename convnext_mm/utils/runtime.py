@@ -139,7 +139,7 @@ def run_tool(cfg: Config, action) -> None:
     interpreter shutdown abort the process ("terminate called without an active
     exception"). The runner goes first, reference cycles included, because its DDP
     wrapper holds the group: left to interpreter shutdown, the group's threads
-    were sometimes torn down mid-flight (2 of 10 two-process CPU runs; 0 of 15 this way).
+    were sometimes torn down mid-flight (2 of 10 two-process CPU runs; 0 of 25 this way).
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -68,20 +68,17 @@ class ConvNeXtBlock(nn.Module):
 
     def _add_residual(self, shortcut: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
-        scale, weight = self.gamma, self.pwconv2.weight
-        if (shortcut.is_contiguous() and not (self.training and self.drop_path_rate > 0)
-                and onednn_inference(y, self.pwconv2, scale, shortcut)):
-            bias = self.pwconv2.bias
-            if scale is not None:
-                weight, bias = weight * scale[:, None], bias * scale
-            return linear_add(y, weight, bias, shortcut)
+        scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
         # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
-        if (scale is not None and y.dtype == weight.dtype
-                and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()):
-            branch = F.linear(y, weight * scale[:, None], self.pwconv2.bias * scale)
-            scale = None
-        else:
-            branch = self.pwconv2(y)
+        folded = (scale is not None and y.dtype == weight.dtype
+                  and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing())
+        if folded:
+            weight, bias, scale = weight * scale[:, None], bias * scale, None
+        if (scale is None and shortcut.is_contiguous()
+                and not (self.training and self.drop_path_rate > 0)
+                and onednn_inference(y, self.pwconv2, self.gamma, shortcut)):
+            return linear_add(y, weight, bias, shortcut)
+        branch = F.linear(y, weight, bias) if folded else self.pwconv2(y)
         if self.training and self.drop_path_rate > 0:
             factor = stochastic_depth_factor(branch, self.drop_path_rate)
             scale = factor if scale is None else scale * factor
