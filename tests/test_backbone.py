@@ -179,10 +179,14 @@ def test_flop_counter_sees_every_layer_with_autograd_on():
     assert counts[0][1] == 16 * 16 * 40 * 160 and counts[0][2] == 16 * 16 * 40 * 49
 
 
-def count_fused_linear_calls(fn):
+def count_onednn_linear_calls(fn):
+    """(fused inference kernels, oneDNN linears of the training path, fn's result)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         result = fn()
-    return sum(e.name.startswith('mkldnn::_linear_pointwise') for e in prof.events()), result
+    names = [e.name for e in prof.events()]
+    kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
+    training = names.count('OneDNNLinearFunction')
+    return kernels - training, training, result
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
@@ -193,14 +197,14 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     model = randomize_(ConvNeXt('atto', use_grn=use_grn)).eval()
     x = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
-        fused_calls, outs = count_fused_linear_calls(lambda: model(x))
+        fused_calls, _, outs = count_onednn_linear_calls(lambda: model(x))
         with torch.backends.mkldnn.flags(enabled=False):
-            plain_calls, expected = count_fused_linear_calls(lambda: model(x))
+            plain_calls, _, expected = count_onednn_linear_calls(lambda: model(x))
     assert fused_calls == 2 * sum(model.depths) and plain_calls == 0
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    with_grad_calls, _ = count_fused_linear_calls(lambda: model(x))
-    assert with_grad_calls == 0
+    with_grad_calls, training_calls, _ = count_onednn_linear_calls(lambda: model(x))
+    assert with_grad_calls == 0 and training_calls == 2 * sum(model.depths)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
@@ -217,15 +221,56 @@ def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(mo
         if not fused:
             monkeypatch.setattr(convnext_module, 'onednn_inference', lambda *args: False)
         model.zero_grad(set_to_none=True)
-        calls, outs = count_fused_linear_calls(lambda: model(x))
+        calls, training_calls, outs = count_onednn_linear_calls(lambda: model(x))
         weights = weights or [torch.randn_like(out) for out in outs]
         sum((out * w).sum() for out, w in zip(outs, weights)).backward()
         results.append((calls, outs, [p.grad for p in model.parameters() if p.requires_grad]))
+        trained_blocks = model.depths[2] + model.depths[3] if fused else sum(model.depths)
+        assert training_calls == 2 * trained_blocks
     assert results[0][0] == 2 * (model.depths[0] + model.depths[1]) and results[1][0] == 0
     for ours, expected in zip(results[0][1] + tuple(results[0][2]),
                               results[1][1] + tuple(results[1][2])):
         torch.testing.assert_close(ours, expected, rtol=1e-4,
                                    atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.parametrize('use_grn,drop_path_rate,memory_format', [
+    (False, 0., torch.contiguous_format),
+    (False, 0., torch.channels_last),
+    (False, 0.4, torch.channels_last),
+    (True, 0., torch.channels_last),
+])
+def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
+        monkeypatch, use_grn, drop_path_rate, memory_format):
+    """fp32 CPU training runs both Linear layers of every block on oneDNN's kernel (bias and,
+    without stochastic depth on a channels_last input, the shortcut added inside it);
+    outputs and the gradients of every parameter and of the input are the plain layers'."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    model = randomize_(ConvNeXt('atto', use_grn=use_grn,
+                                drop_path_rate=drop_path_rate)).train()
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
+    weights = None
+    results = []
+    for onednn in (True, False):
+        if not onednn:
+            monkeypatch.setattr(convnext_module, 'onednn_training', lambda *args: False)
+        model.zero_grad(set_to_none=True)
+        inp = x.clone().requires_grad_()
+        torch.manual_seed(11)
+        fused_calls, training_calls, outs = count_onednn_linear_calls(lambda: model(inp))
+        weights = weights or [torch.randn_like(out) for out in outs]
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+        assert fused_calls == 0
+        results.append((training_calls, outs + (inp.grad, ),
+                        [p.grad for p in model.parameters()]))
+    assert results[0][0] == 2 * sum(model.depths) and results[1][0] == 0
+    for ours, expected in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(ours, expected, rtol=1e-4,
+                                   atol=1e-5 * expected.abs().max().item())
+    for (name, _), ours, expected in zip(model.named_parameters(), results[0][2], results[1][2]):
+        torch.testing.assert_close(ours, expected, rtol=1e-4,
+                                   atol=1e-5 * expected.abs().max().item(), msg=name)
 
 
 def test_parameter_names_are_the_official_layout():
@@ -379,13 +424,17 @@ def test_layernorm_in_fp32_under_half_precision():
         assert (a.float() - b).abs().mean() < 0.05 * b.abs().mean()
 
 
-def test_compiles_without_graph_breaks():
-    model = ConvNeXt('atto').eval()
+@pytest.mark.parametrize('training', [False, True])
+def test_compiles_without_graph_breaks(training):
+    model = randomize_(ConvNeXt('atto')).train(training)
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, backend='eager', fullgraph=True)
-    with torch.no_grad():
-        for a, b in zip(compiled(x), model(x)):
-            torch.testing.assert_close(a, b)
+    with torch.set_grad_enabled(training):
+        outs, expected = compiled(x), model(x)
+    for a, b in zip(outs, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    if training:
+        sum(out.sum() for out in outs).backward()
 
 
 def test_inductor_compiles_the_fused_inference_kernels():
@@ -396,7 +445,7 @@ def test_inductor_compiles_the_fused_inference_kernels():
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         compiled(x)
-        calls, outs = count_fused_linear_calls(lambda: compiled(x))
+        calls, _, outs = count_onednn_linear_calls(lambda: compiled(x))
         expected = model(x)
     assert calls == (8 if torch.backends.mkldnn.is_available() else 0)
     for out, ref in zip(outs, expected):

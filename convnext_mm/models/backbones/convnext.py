@@ -12,7 +12,7 @@ from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
 from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear_add, linear_gelu,
-                     onednn_inference, stochastic_depth_factor)
+                     onednn_inference, onednn_linear, onednn_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -30,9 +30,11 @@ class ConvNeXtBlock(nn.Module):
     weights underflows), GELU runs in place when autograd keeps nothing, and the shortcut is
     added in place. New large tensors are the expensive part on the CPU, where each one is
     fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
-    also has a faster backward pass (``DepthwiseConv2d``), and in fp32 inference (and in
-    frozen stages) Linear+GELU and Linear+add each run as one oneDNN kernel
-    (``onednn_inference``). Same outputs and gradients up to float rounding.
+    also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
+    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
+    and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
+    shortcut inside the product (``onednn_linear``). Same outputs and gradients up to
+    float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -59,6 +61,8 @@ class ConvNeXtBlock(nn.Module):
         y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
         if onednn_inference(y, self.pwconv1):
             y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
+        elif onednn_training(y):
+            y = F.gelu(onednn_linear(y, self.pwconv1.weight, self.pwconv1.bias))
         else:
             y = self.pwconv1(y)
             y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
@@ -74,12 +78,18 @@ class ConvNeXtBlock(nn.Module):
                   and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing())
         if folded:
             weight, bias, scale = weight * scale[:, None], bias * scale, None
-        if (scale is None and shortcut.is_contiguous()
-                and not (self.training and self.drop_path_rate > 0)
-                and onednn_inference(y, self.pwconv2, self.gamma, shortcut)):
-            return linear_add(y, weight, bias, shortcut)
-        branch = F.linear(y, weight, bias) if folded else self.pwconv2(y)
-        if self.training and self.drop_path_rate > 0:
+        drop_path = self.training and self.drop_path_rate > 0
+        use_onednn = onednn_training(y)
+        if scale is None and shortcut.is_contiguous() and not drop_path:
+            if onednn_inference(y, self.pwconv2, self.gamma, shortcut):
+                return linear_add(y, weight, bias, shortcut)
+            if use_onednn:
+                return onednn_linear(y, weight, bias, shortcut)
+        if use_onednn:
+            branch = onednn_linear(y, weight, bias)
+        else:
+            branch = F.linear(y, weight, bias) if folded else self.pwconv2(y)
+        if drop_path:
             factor = stochastic_depth_factor(branch, self.drop_path_rate)
             scale = factor if scale is None else scale * factor
         if scale is not None:

@@ -1,7 +1,10 @@
 """Small building blocks of the ConvNeXt backbone."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -74,6 +77,58 @@ def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
         elif item is not None:
             tensors.append(item)
     return not any(t.requires_grad for t in tensors)
+
+
+def onednn_training(x: torch.Tensor) -> bool:
+    """Whether a Linear layer whose forward autograd records can run oneDNN's linear kernel
+    (``onednn_linear``): fp32 on a CPU with oneDNN, no autocast, eager (not tracing, not
+    compiling: inductor picks its own kernels)."""
+    return (_HAS_ONEDNN_FUSED_LINEAR and torch.is_grad_enabled() and x.is_cpu
+            and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
+class OneDNNLinearFunction(torch.autograd.Function):
+    """``F.linear(x, weight, bias) [+ residual]`` on 2-D tensors with oneDNN's linear kernel in
+    the forward and matrix products in the backward.
+
+    ``F.linear`` on the CPU is ``addmm``, which first copies the bias into every row of its
+    output and then accumulates the product onto it; oneDNN adds the bias (and the residual)
+    inside the product kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                residual: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        if residual is None:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(grad, weight)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.mm(grad.t(), x)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias, grad if ctx.needs_input_grad[3] else None
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``OneDNNLinearFunction`` on the last dimension of ``x`` (and ``residual``)."""
+    # The function sees 2-D tensors so that its output is not a view: autograd forbids
+    # in-place ops on views made inside a custom Function, and the block adds in place.
+    rows = x.reshape(-1, x.shape[-1])
+    residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
+    out = OneDNNLinearFunction.apply(rows, weight, bias, residual_rows)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 # The two fused kernels are custom ops (no autograd formula: inference only) so that
