@@ -207,31 +207,40 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert with_grad_calls == 0 and training_calls == 2 * sum(model.depths)
 
 
+def step_with_and_without(monkeypatch, model, x, fast_path):
+    """A training step, then the same step with ``fast_path`` (a rule in the backbone module)
+    switched off: for each, (fused inference kernels, training linears, outputs followed by the
+    gradients of the trainable parameters and, if it needs one, of the input)."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    weights, results = None, []
+    for switched_off in (False, True):
+        if switched_off:
+            monkeypatch.setattr(convnext_module, fast_path, lambda *args: False)
+        model.zero_grad(set_to_none=True)
+        inp = x.detach().clone().requires_grad_(x.requires_grad)
+        torch.manual_seed(11)
+        fused_calls, training_calls, outs = count_onednn_linear_calls(lambda: model(inp))
+        weights = weights or [torch.randn_like(out) for out in outs]
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        results.append((fused_calls, training_calls,
+                         list(outs) + grads + ([inp.grad] if x.requires_grad else [])))
+    for ours, expected in zip(results[0][2], results[1][2]):
+        torch.testing.assert_close(ours, expected, rtol=1e-4,
+                                   atol=1e-5 * expected.abs().max().item())
+    return [result[:2] for result in results]
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
 def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(monkeypatch):
     """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
     take the fused kernels; outputs and the gradients of the trained stages are those of the
     plain layers."""
-    import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
-    x = torch.randn(2, 3, 64, 64)
-    weights = None
-    results = []
-    for fused in (True, False):
-        if not fused:
-            monkeypatch.setattr(convnext_module, 'onednn_inference', lambda *args: False)
-        model.zero_grad(set_to_none=True)
-        calls, training_calls, outs = count_onednn_linear_calls(lambda: model(x))
-        weights = weights or [torch.randn_like(out) for out in outs]
-        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
-        results.append((calls, outs, [p.grad for p in model.parameters() if p.requires_grad]))
-        trained_blocks = model.depths[2] + model.depths[3] if fused else sum(model.depths)
-        assert training_calls == 2 * trained_blocks
-    assert results[0][0] == 2 * (model.depths[0] + model.depths[1]) and results[1][0] == 0
-    for ours, expected in zip(results[0][1] + tuple(results[0][2]),
-                              results[1][1] + tuple(results[1][2])):
-        torch.testing.assert_close(ours, expected, rtol=1e-4,
-                                   atol=1e-5 * expected.abs().max().item())
+    calls = step_with_and_without(monkeypatch, model, torch.randn(2, 3, 64, 64),
+                                  'onednn_inference')
+    frozen, trained = model.depths[0] + model.depths[1], model.depths[2] + model.depths[3]
+    assert calls == [(2 * frozen, 2 * trained), (0, 2 * (frozen + trained))]
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
@@ -246,31 +255,11 @@ def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
     """fp32 CPU training runs both Linear layers of every block on oneDNN's kernel (bias and,
     without stochastic depth on a channels_last input, the shortcut added inside it);
     outputs and the gradients of every parameter and of the input are the plain layers'."""
-    import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto', use_grn=use_grn,
                                 drop_path_rate=drop_path_rate)).train()
-    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
-    weights = None
-    results = []
-    for onednn in (True, False):
-        if not onednn:
-            monkeypatch.setattr(convnext_module, 'onednn_training', lambda *args: False)
-        model.zero_grad(set_to_none=True)
-        inp = x.clone().requires_grad_()
-        torch.manual_seed(11)
-        fused_calls, training_calls, outs = count_onednn_linear_calls(lambda: model(inp))
-        weights = weights or [torch.randn_like(out) for out in outs]
-        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
-        assert fused_calls == 0
-        results.append((training_calls, outs + (inp.grad, ),
-                        [p.grad for p in model.parameters()]))
-    assert results[0][0] == 2 * sum(model.depths) and results[1][0] == 0
-    for ours, expected in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(ours, expected, rtol=1e-4,
-                                   atol=1e-5 * expected.abs().max().item())
-    for (name, _), ours, expected in zip(model.named_parameters(), results[0][2], results[1][2]):
-        torch.testing.assert_close(ours, expected, rtol=1e-4,
-                                   atol=1e-5 * expected.abs().max().item(), msg=name)
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format).requires_grad_()
+    calls = step_with_and_without(monkeypatch, model, x, 'onednn_training')
+    assert calls == [(0, 2 * sum(model.depths)), (0, 0)]
 
 
 def test_parameter_names_are_the_official_layout():
