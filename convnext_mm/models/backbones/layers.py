@@ -58,15 +58,19 @@ _HAS_ONEDNN_FUSED_LINEAR = (torch.backends.mkldnn.is_available()
                             and not torch.ops.mkldnn._is_mkldnn_acl_supported())
 
 
+def _onednn_fp32_cpu(x: torch.Tensor) -> bool:
+    """fp32 on a CPU with oneDNN enabled, no autocast, not tracing (FLOP counters and ONNX
+    export see the plain layers)."""
+    return (_HAS_ONEDNN_FUSED_LINEAR and x.is_cpu and x.dtype == torch.float32
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
+            and not torch.jit.is_tracing())
+
+
 def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
     """Whether oneDNN's fused linear kernels (``torch.ops.mkldnn._linear_pointwise``, the ones
     inductor uses on the CPU) can stand in for Linear + GELU or Linear + add: fp32 on a CPU with
-    oneDNN, nothing that autograd records, no autocast, not tracing (FLOP counters and ONNX
-    export see the plain layers)."""
-    if not (_HAS_ONEDNN_FUSED_LINEAR and not torch.jit.is_tracing()
-            and x.is_cpu and x.dtype == torch.float32
-            and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu')):
+    oneDNN (``_onednn_fp32_cpu``) and nothing that autograd records."""
+    if not _onednn_fp32_cpu(x):
         return False
     if not torch.is_grad_enabled():
         return True
@@ -81,12 +85,10 @@ def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
 
 def onednn_training(x: torch.Tensor) -> bool:
     """Whether a Linear layer whose forward autograd records can run oneDNN's linear kernel
-    (``onednn_linear``): fp32 on a CPU with oneDNN, no autocast, eager (not tracing, not
-    compiling: inductor picks its own kernels)."""
-    return (_HAS_ONEDNN_FUSED_LINEAR and torch.is_grad_enabled() and x.is_cpu
-            and x.dtype == torch.float32 and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled('cpu') and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
+    (``onednn_linear``): fp32 on a CPU with oneDNN (``_onednn_fp32_cpu``), not compiling
+    (inductor picks its own kernels)."""
+    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and _onednn_fp32_cpu(x))
 
 
 class OneDNNLinearFunction(torch.autograd.Function):
@@ -104,7 +106,7 @@ class OneDNNLinearFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         if residual is None:
             return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+        return linear_add(x, weight, bias, residual)
 
     @staticmethod
     @once_differentiable
