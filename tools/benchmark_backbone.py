@@ -19,7 +19,8 @@ rounds of the two times measured in the same round. Implementations:
                users migrate from
 
 Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
-measured peak of a large matrix product on the same device. --memory adds the memory of one
+measured peak of a large matrix product on the same device (on the CPU the faster of mm and
+oneDNN's linear kernel). --memory adds the memory of one
 training step with and without with_cp: on CUDA the peak allocated above the model; on the
 CPU, whose allocator keeps no statistics, the bytes of the tensors autograd saves for the
 backward pass, weights excluded (the activations that dominate a training step's peak and
@@ -220,18 +221,24 @@ def paired_speed_ratio(ours: list, reference: list) -> float:
 
 
 def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> float:
+    """The fastest large matrix product on the device: ``mm`` and, on a CPU with oneDNN, also
+    oneDNN's linear kernel (on the AMD CPU of docs/benchmarks.md 1.25-1.4x MKL's ``mm``)."""
     n = n or (8192 if device.type == 'cuda' else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
+    products = [lambda: a @ b]
+    if device.type == 'cpu' and torch.backends.mkldnn.is_available():
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], ''))
     best = float('inf')
-    for _ in range(5):
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
+    for product in products:
+        for _ in range(2):
+            product()
+        for _ in range(5):
+            synchronize(device)
+            start = time.perf_counter()
+            product()
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
 
 
@@ -317,7 +324,9 @@ def main(argv=None):
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
           f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
     peak = matmul_peak_gflops(device)
-    print(f'peak of a large fp32 matrix product on this device: {peak:.0f} GFLOP/s')
+    kernels = 'mm and oneDNN linear' if device.type == 'cpu' else 'mm'
+    print(f'peak of a large fp32 matrix product on this device (best of {kernels}): '
+          f'{peak:.0f} GFLOP/s')
     results = []
     header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
         f'ours GFLOP/s | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
