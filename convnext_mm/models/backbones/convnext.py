@@ -33,7 +33,7 @@ class ConvNeXtBlock(nn.Module):
     also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
     stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
     and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
-    shortcut inside the product (``onednn_linear``). Same outputs and gradients up to
+    shortcut inside the product, forward and for the input gradient (``onednn_linear``). Same outputs and gradients up to
     float rounding.
     """
 
