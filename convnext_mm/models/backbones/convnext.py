@@ -11,8 +11,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
-from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear_add, linear_gelu,
-                     onednn_inference, onednn_linear, onednn_training, stochastic_depth_factor)
+from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear_gelu, onednn_inference,
+                     onednn_linear, onednn_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -33,8 +33,8 @@ class ConvNeXtBlock(nn.Module):
     also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
     stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
     and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
-    shortcut inside the product, forward and for the input gradient (``onednn_linear``). Same outputs and gradients up to
-    float rounding.
+    shortcut inside the product, forward and for the input gradient (``onednn_linear``), in
+    eager mode and under ``torch.compile``. Same outputs and gradients up to float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -80,11 +80,9 @@ class ConvNeXtBlock(nn.Module):
             weight, bias, scale = weight * scale[:, None], bias * scale, None
         drop_path = self.training and self.drop_path_rate > 0
         use_onednn = onednn_training(y)
-        if scale is None and shortcut.is_contiguous() and not drop_path:
-            if onednn_inference(y, self.pwconv2, self.gamma, shortcut):
-                return linear_add(y, weight, bias, shortcut)
-            if use_onednn:
-                return onednn_linear(y, weight, bias, shortcut)
+        if (scale is None and shortcut.is_contiguous() and not drop_path
+                and (use_onednn or onednn_inference(y, self.pwconv2, self.gamma, shortcut))):
+            return onednn_linear(y, weight, bias, shortcut)
         if use_onednn:
             branch = onednn_linear(y, weight, bias)
         else:

@@ -4,7 +4,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -85,81 +84,80 @@ def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
 
 def onednn_training(x: torch.Tensor) -> bool:
     """Whether a Linear layer whose forward autograd records can run oneDNN's linear kernel
-    (``onednn_linear``): fp32 on a CPU with oneDNN (``_onednn_fp32_cpu``), not compiling
-    (inductor picks its own kernels)."""
-    return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            and _onednn_fp32_cpu(x))
+    (``onednn_linear``): fp32 on a CPU with oneDNN (``_onednn_fp32_cpu``)."""
+    return torch.is_grad_enabled() and _onednn_fp32_cpu(x)
 
 
-class OneDNNLinearFunction(torch.autograd.Function):
-    """``F.linear(x, weight, bias) [+ residual]`` on 2-D tensors with oneDNN's linear kernel in
-    the forward and for the input gradient.
+# The oneDNN kernels are custom ops so that torch.compile keeps them as they are: inductor
+# lowers oneDNN's linear only for constant (frozen) weights, runs trainable Linear layers on
+# MKL's matrix products, and PyTorch has no fake-tensor kernel for the binary variant.
+@torch.library.custom_op('convnext_mm::linear_gelu', mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(F.linear(x, weight, bias))`` (exact erf GELU) as one oneDNN kernel; no autograd
+    formula (inference only)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu', [None], 'none')
+
+
+@torch.library.custom_op('convnext_mm::linear', mutates_args=())
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) [+ residual]`` as one oneDNN kernel, with an autograd formula.
 
     ``F.linear`` on the CPU is ``addmm``, which first copies the bias into every row of its
     output and then accumulates the product onto it; oneDNN adds the bias (and the residual)
-    inside the product kernel. The input gradient ``grad @ weight`` is oneDNN's linear with the
-    transposed weight (a view: oneDNN reorders the weight anyway), which on the CPUs measured
-    ran faster than ``mm`` (MKL); the weight gradient ``grad.t() @ x`` stays ``mm``, where
-    oneDNN's kernel is slower with both operands transposed.
+    inside the product kernel. Its autograd formula (``_linear_backward``) takes 2-D tensors
+    (``onednn_linear``).
     """
+    if residual is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                residual: Optional[torch.Tensor]) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        if residual is None:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-        return linear_add(x, weight, bias, residual)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.mm(grad.t(), x)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(0)
-        return grad_x, grad_weight, grad_bias, grad if ctx.needs_input_grad[3] else None
+@torch.library.custom_op('convnext_mm::linear_input_grad', mutates_args=())
+def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ weight`` as oneDNN's linear on the transposed weight (a view: oneDNN reorders
+    the weight anyway); on the CPUs measured faster than ``mm`` (MKL)."""
+    return torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
+
+
+@linear_gelu.register_fake
+@linear.register_fake
+def _linear_fake(x, weight, bias, residual=None):
+    return x.new_empty(x.shape[:-1] + weight.shape[:1])
+
+
+@linear_input_grad.register_fake
+def _linear_input_grad_fake(grad, weight):
+    return grad.new_empty(grad.shape[:-1] + weight.shape[1:])
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, _, residual = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_residual = residual is not None
+
+
+def _linear_backward(ctx, grad):
+    # The weight gradient stays ``mm``: oneDNN's kernel is slower with both operands transposed.
+    x, weight = ctx.saved_tensors
+    grad_x = linear_input_grad(grad, weight) if ctx.needs_input_grad[0] else None
+    grad_weight = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+    grad_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+    return grad_x, grad_weight, grad_bias, grad if ctx.has_residual else None
+
+
+linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                   residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``OneDNNLinearFunction`` on the last dimension of ``x`` (and ``residual``)."""
-    # The function sees 2-D tensors so that its output is not a view: autograd forbids
-    # in-place ops on views made inside a custom Function, and the block adds in place.
+    """The ``linear`` op on the last dimension of ``x`` (and ``residual``)."""
+    # The op sees 2-D tensors: oneDNN returns N-D outputs as views, and autograd forbids
+    # in-place ops on views made inside an op with its own backward (the block adds in place).
     rows = x.reshape(-1, x.shape[-1])
     residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
-    out = OneDNNLinearFunction.apply(rows, weight, bias, residual_rows)
+    out = linear(rows, weight, bias, residual_rows)
     return out.view(*x.shape[:-1], out.shape[-1])
-
-
-# The two fused kernels are custom ops (no autograd formula: inference only) so that
-# torch.compile keeps them as they are: inductor lowers oneDNN's linear only for constant
-# (frozen) weights, and PyTorch has no fake-tensor kernel for the binary variant.
-@torch.library.custom_op('convnext_mm::linear_gelu', mutates_args=())
-def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``F.gelu(F.linear(x, weight, bias))`` (exact erf GELU) as one oneDNN kernel."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu', [None], 'none')
-
-
-@torch.library.custom_op('convnext_mm::linear_add', mutates_args=())
-def linear_add(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               residual: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, weight, bias) + residual`` as one oneDNN kernel."""
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
-
-
-@linear_gelu.register_fake
-def _linear_gelu_fake(x, weight, bias):
-    return x.new_empty(x.shape[:-1] + weight.shape[:1])
-
-
-@linear_add.register_fake
-def _linear_add_fake(x, weight, bias, residual):
-    return torch.empty_like(residual, memory_format=torch.contiguous_format)
 
 
 class _DepthwiseConv2dFunction(torch.autograd.Function):
