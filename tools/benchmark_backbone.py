@@ -347,7 +347,9 @@ def main(argv=None):
                             model = model.to(device).to(memory_format=fmt)
                             model.train(mode == 'train')
                             if compiled == 'on':
-                                model = torch.compile(model)
+                                # Static sizes: with dynamic ones (after a second shape)
+                                # torch 2.14's inductor fails on ConvNeXt training graphs.
+                                model = torch.compile(model, dynamic=False)
                             steps[impl] = make_step(model, x, mode == 'train', precision, device)
                         times = time_interleaved(steps, args.repeats, args.warmup, device)
                         medians = {k: statistics.median(v) for k, v in times.items()}
