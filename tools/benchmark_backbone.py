@@ -33,6 +33,7 @@ import os.path as osp
 import statistics
 import sys
 import time
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
@@ -220,17 +221,19 @@ def paired_speed_ratio(ours: list, reference: list) -> float:
     return statistics.median(r / o for r, o in zip(reference, ours))
 
 
-def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> float:
-    """The fastest large matrix product on the device: ``mm`` and, on a CPU with oneDNN, also
-    oneDNN's linear kernel (on the AMD CPU of docs/benchmarks.md 1.25-1.4x MKL's ``mm``)."""
+def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Tuple[float, List[str]]:
+    """The fastest large matrix product on the device, and the kernels timed: ``mm`` and, on a
+    CPU with oneDNN, also oneDNN's linear kernel (on the AMD CPU of docs/benchmarks.md
+    1.25-1.4x MKL's ``mm``)."""
     n = n or (8192 if device.type == 'cuda' else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    products = [lambda: a @ b]
+    products = {'mm': lambda: a @ b}
     if device.type == 'cpu' and torch.backends.mkldnn.is_available():
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], ''))
+        products['oneDNN linear'] = \
+            lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], '')
     best = float('inf')
-    for product in products:
+    for product in products.values():
         for _ in range(2):
             product()
         for _ in range(5):
@@ -239,7 +242,7 @@ def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> float:
             product()
             synchronize(device)
             best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n ** 3 / best / 1e9, list(products)
 
 
 def backbone_macs(model, shape) -> float:
@@ -323,10 +326,9 @@ def main(argv=None):
     impls = build_implementations(args.arch)
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
           f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
-    peak = matmul_peak_gflops(device)
-    kernels = 'mm and oneDNN linear' if device.type == 'cpu' else 'mm'
-    print(f'peak of a large fp32 matrix product on this device (best of {kernels}): '
-          f'{peak:.0f} GFLOP/s')
+    peak, kernels = matmul_peak_gflops(device)
+    print(f'peak of a large fp32 matrix product on this device (best of '
+          f'{" and ".join(kernels)}): {peak:.0f} GFLOP/s')
     results = []
     header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
         f'ours GFLOP/s | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
