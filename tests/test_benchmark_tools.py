@@ -16,16 +16,22 @@ def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
     pytest.importorskip('timm')
     pytest.importorskip('torchvision')
     out = run(['tools/benchmark_backbone.py', '--arch', 'tiny', '--shapes', '1x3x64x64',
-               '--repeats', '1', '--warmup', '0', '--memory', '--json', str(tmp_path / 'r.json')])
+               '--precision', 'fp32', 'bf16', '--repeats', '1', '--warmup', '0', '--memory',
+               '--json', str(tmp_path / 'r.json')])
     difference = float(re.search(r'stage outputs from ours .*: ([0-9.e+-]+)', out).group(1))
     assert difference < 1e-4  # every implementation computes the same function
     result = json.loads((tmp_path / 'r.json').read_text())
-    assert len(result['results']) == 4  # infer/train x channels_last off/on
+    # infer/train x fp32/bf16 (CPU autocast) x channels_last off/on
+    assert len(result['results']) == 8
+    assert {row['precision'] for row in result['results']} == {'fp32', 'bf16'}
+    assert set(result['peak_gflops']) == {'fp32', 'bf16'}
     for row in result['results']:
         assert set(row['images_per_s']) == {'ours', 'timm', 'torchvision', 'official'}
         assert all(v > 0 for v in row['images_per_s'].values())
         assert set(row['ratios']) == {'timm', 'torchvision', 'official'}
-    assert result['peak_gflops'] > 0
+        # each row against the peak of its own precision
+        peak = result['peak_gflops'][row['precision']]
+        assert row['ours_percent_of_peak'] == pytest.approx(100 * row['ours_gflops'] / peak)
     memory, = result['memory']
     assert memory['with_cp_mib'] < 0.6 * memory['plain_mib']  # with_cp saves >= 40%
 

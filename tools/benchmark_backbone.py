@@ -19,8 +19,10 @@ rounds of the two times measured in the same round. Implementations:
                users migrate from
 
 Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
-measured peak of a large matrix product on the same device (on the CPU the faster of mm and
-oneDNN's linear kernel). --memory adds the memory of one
+measured peak of a large matrix product on the same device in the row's precision (fp16/bf16
+rows against a half-precision product, which on GPUs with tensor cores and CPUs with bf16
+instructions is several times the fp32 peak; on the CPU the faster of mm and oneDNN's linear
+kernel), as a percentage. --memory adds the memory of one
 training step with and without with_cp: on CUDA the peak allocated above the model; on the
 CPU, whose allocator keeps no statistics, the bytes of the tensors autograd saves for the
 backward pass, weights excluded (the activations that dominate a training step's peak and
@@ -173,8 +175,11 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
 def make_step(model, x, train: bool, precision: str, device):
-    dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+    dtype = None if precision == 'fp32' else DTYPES[precision]
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -326,12 +331,14 @@ def main(argv=None):
     impls = build_implementations(args.arch)
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
           f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
-    peak, kernels = matmul_peak_gflops(device)
-    print(f'peak of a large fp32 matrix product on this device (best of '
-          f'{" and ".join(kernels)}): {peak:.0f} GFLOP/s')
+    peaks = {}
+    for precision in args.precision:
+        peaks[precision], kernels = matmul_peak_gflops(device, DTYPES[precision])
+        print(f'peak of a large {precision} matrix product on this device (best of '
+              f'{" and ".join(kernels)}): {peaks[precision]:.0f} GFLOP/s')
     results = []
     header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
-        f'ours GFLOP/s | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
+        f'ours GFLOP/s (% of peak) | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
     print(header)
     print('|' + '---|' * (header.count('|') - 1))
     for shape in args.shapes:
@@ -364,12 +371,15 @@ def main(argv=None):
                         row = dict(shape='x'.join(map(str, shape)), mode=mode,
                                    precision=precision, channels_last=channels_last,
                                    compile=compiled, images_per_s=ips, spread=spread,
-                                   ours_gflops=achieved, ratios=ratios)
+                                   ours_gflops=achieved,
+                                   ours_percent_of_peak=100 * achieved / peaks[precision],
+                                   ratios=ratios)
                         results.append(row)
                         cells = ' | '.join(f'{ips[k]:.2f} (±{100 * spread[k] / 2:.0f}%)'
                                            for k in impls)
                         print(f'| {row["shape"]} | {mode} | {precision} | {channels_last} | '
-                              f'{compiled} | {cells} | {achieved:.0f} | '
+                              f'{compiled} | {cells} | {achieved:.0f} '
+                              f'({row["ours_percent_of_peak"]:.0f}%) | '
                               f'{" | ".join(f"{r:.2f}x" for r in ratios.values())} |',
                               flush=True)
     memory = []
@@ -388,7 +398,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=name, arch=args.arch, torch=torch.__version__,
-                           peak_gflops=peak, results=results, memory=memory), f, indent=1)
+                           peak_gflops=peaks, results=results, memory=memory), f, indent=1)
 
 
 if __name__ == '__main__':
