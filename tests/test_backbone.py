@@ -210,6 +210,38 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert with_grad_calls == [0, 2 * blocks]
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
+        monkeypatch, memory_format):
+    """Where a block's hidden tensor exceeds 4 chunks, eager inference runs its MLP chunk by
+    chunk (the last one shorter); outputs equal the unchunked run's. Not with autograd, and
+    not where stochastic depth applies."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    model = randomize_(ConvNeXt('atto')).eval()
+    x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
+    rows, hidden = 2 * 16 * 24, 4 * model.out_channels[0]  # stage 0: 768 rows, 160 wide
+    chunk_rows, blocks = 100, sum(model.depths)
+    with torch.no_grad():
+        *plain_calls, expected = count_onednn_linear_calls(lambda: model(x))
+        # stage 0 (122880 hidden values) exceeds 4 chunks of 16000, stage 1 (61440) does not
+        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_NUMEL', chunk_rows * hidden)
+        *chunked_calls, outs = count_onednn_linear_calls(lambda: model(x))
+    assert plain_calls == [blocks, blocks]
+    chunks = -(-rows // chunk_rows)  # 8, the last of 68 rows
+    stage0 = model.depths[0]
+    assert chunked_calls == [blocks + stage0 * (chunks - 1)] * 2
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    *with_grad_calls, _ = count_onednn_linear_calls(lambda: model(x))
+    assert with_grad_calls == [0, 2 * blocks]
+    # drop-path rates rise linearly from 0: only the first block has none and is chunked
+    drop_path_model = ConvNeXt('atto', drop_path_rate=0.5).train()
+    with torch.no_grad():
+        gelu_calls, linear_calls, _ = count_onednn_linear_calls(lambda: drop_path_model(x))
+    assert (gelu_calls, linear_calls) == (blocks + chunks - 1, chunks)
+
+
 def step_with_and_without(monkeypatch, model, x, fast_path):
     """A training step, then the same step with ``fast_path`` (a rule in the backbone module)
     switched off: for each, (``linear_gelu`` calls, ``linear`` calls, outputs followed by the

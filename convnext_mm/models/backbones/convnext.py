@@ -11,11 +11,16 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
-from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear_gelu, onednn_inference,
+from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear, linear_gelu, onednn_inference,
                      onednn_linear, onednn_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
+# Eager fp32 CPU inference runs the MLP in row chunks of this many hidden (4C-wide) values
+# (8 MiB) once the whole hidden tensor would exceed 4 chunks (32 MiB, above which glibc maps
+# fresh pages for every allocation): each chunk's hidden tensor is reused memory that is still
+# in cache when pwconv2 reads it.
+MLP_CHUNK_NUMEL = 2 ** 21
 
 
 class ConvNeXtBlock(nn.Module):
@@ -31,10 +36,11 @@ class ConvNeXtBlock(nn.Module):
     added in place. New large tensors are the expensive part on the CPU, where each one is
     fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
     also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
-    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
-    and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
-    shortcut inside the product, forward and for the input gradient (``onednn_linear``), in
-    eager mode and under ``torch.compile``. Same outputs and gradients up to float rounding.
+    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``;
+    in eager mode in row chunks where the hidden tensor is large), and in fp32 training the
+    Linear layers run oneDNN's kernel, which adds the bias and the shortcut inside the
+    product, forward and for the input gradient (``onednn_linear``), in eager mode and under
+    ``torch.compile``. Same outputs and gradients up to float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -59,6 +65,9 @@ class ConvNeXtBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        shortcut = x.permute(0, 2, 3, 1)
+        if self._mlp_in_chunks(y, shortcut):
+            return self._chunked_mlp(y, shortcut).permute(0, 3, 1, 2)
         if onednn_inference(y, self.pwconv1):
             y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
         elif onednn_training(y):
@@ -68,16 +77,43 @@ class ConvNeXtBlock(nn.Module):
             y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
         if self.grn is not None:
             y = self.grn(y)
-        return self._add_residual(x.permute(0, 2, 3, 1), y).permute(0, 3, 1, 2)
+        return self._add_residual(shortcut, y).permute(0, 3, 1, 2)
+
+    def _mlp_in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
+        hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
+        return (hidden_numel > 4 * MLP_CHUNK_NUMEL and self.grn is None
+                and not (self.training and self.drop_path_rate > 0)
+                and shortcut.is_contiguous() and not torch.compiler.is_compiling()
+                and onednn_inference(y, self.pwconv1, self.pwconv2, self.gamma, shortcut))
+
+    def _chunked_mlp(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``shortcut + gamma * pwconv2(gelu(pwconv1(y)))`` (NHWC), ``MLP_CHUNK_NUMEL`` hidden
+        values at a time, with the oneDNN kernels of ``onednn_inference``."""
+        weight, bias, _ = self._pwconv2_folded(y)
+        channels = y.shape[-1]
+        rows, shortcut_rows = y.reshape(-1, channels), shortcut.reshape(-1, channels)
+        out = torch.empty_like(shortcut_rows)
+        step = max(1, MLP_CHUNK_NUMEL // self.pwconv1.out_features)
+        for start in range(0, rows.shape[0], step):
+            chunk = slice(start, start + step)
+            hidden = linear_gelu(rows[chunk], self.pwconv1.weight, self.pwconv1.bias)
+            out[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
+        return out.view(shortcut.shape)
+
+    def _pwconv2_folded(self, y: torch.Tensor):
+        """pwconv2's weight and bias with the layer scale folded in where that is exact
+        enough (fp32/fp64), and the scale left to apply (None once folded)."""
+        scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
+        # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
+        if (scale is not None and y.dtype == weight.dtype
+                and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()):
+            return weight * scale[:, None], bias * scale, None
+        return weight, bias, scale
 
     def _add_residual(self, shortcut: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
-        scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
-        # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
-        folded = (scale is not None and y.dtype == weight.dtype
-                  and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing())
-        if folded:
-            weight, bias, scale = weight * scale[:, None], bias * scale, None
+        weight, bias, scale = self._pwconv2_folded(y)
+        folded = scale is None and self.gamma is not None
         drop_path = self.training and self.drop_path_rate > 0
         use_onednn = onednn_training(y)
         if (scale is None and shortcut.is_contiguous() and not drop_path
