@@ -20,9 +20,9 @@ rounds of the two times measured in the same round. Implementations:
 
 Achieved GFLOP/s (2 x multiply-adds counted by mmengine / wall time) is printed next to the
 measured peak of a large matrix product on the same device in the row's precision (fp16/bf16
-rows against a half-precision product, which on GPUs with tensor cores and CPUs with bf16
-instructions is several times the fp32 peak; on the CPU the faster of mm and oneDNN's linear
-kernel), as a percentage. --memory adds the memory of one
+rows against a half-precision product, a multiple of the fp32 peak on GPUs with tensor
+cores and twice it on the AVX-512 bf16 CPU of docs/benchmarks.md; on the CPU the faster of mm
+and oneDNN's linear kernel), as a percentage. --memory adds the memory of one
 training step with and without with_cp: on CUDA the peak allocated above the model; on the
 CPU, whose allocator keeps no statistics, the bytes of the tensors autograd saves for the
 backward pass, weights excluded (the activations that dominate a training step's peak and
