@@ -79,10 +79,14 @@ class ConvNeXtBlock(nn.Module):
             y = self.grn(y)
         return self._add_residual(shortcut, y).permute(0, 3, 1, 2)
 
+    @property
+    def _drop_path_active(self) -> bool:
+        return self.training and self.drop_path_rate > 0
+
     def _mlp_in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
         hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
         return (hidden_numel > 4 * MLP_CHUNK_NUMEL and self.grn is None
-                and not (self.training and self.drop_path_rate > 0)
+                and not self._drop_path_active
                 and shortcut.is_contiguous() and not torch.compiler.is_compiling()
                 and onednn_inference(y, self.pwconv1, self.pwconv2, self.gamma, shortcut))
 
@@ -114,7 +118,7 @@ class ConvNeXtBlock(nn.Module):
         """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
         weight, bias, scale = self._pwconv2_folded(y)
         folded = scale is None and self.gamma is not None
-        drop_path = self.training and self.drop_path_rate > 0
+        drop_path = self._drop_path_active
         use_onednn = onednn_training(y)
         if (scale is None and shortcut.is_contiguous() and not drop_path
                 and (use_onednn or onednn_inference(y, self.pwconv2, self.gamma, shortcut))):
