@@ -214,9 +214,9 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
         monkeypatch, memory_format):
-    """Where a block's hidden tensor exceeds 4 chunks, eager inference runs its MLP chunk by
-    chunk (the last one shorter); outputs equal the unchunked run's. Not with autograd, and
-    not where stochastic depth applies."""
+    """Where a block's hidden tensor exceeds MLP_CHUNK_ABOVE_NUMEL values, eager inference
+    runs its MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter); outputs equal the
+    unchunked run's. Not with autograd, and not where stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
@@ -224,8 +224,10 @@ def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     chunk_rows, blocks = 100, sum(model.depths)
     with torch.no_grad():
         *plain_calls, expected = count_onednn_linear_calls(lambda: model(x))
-        # stage 0 (122880 hidden values) exceeds 4 chunks of 16000, stage 1 (61440) does not
-        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_NUMEL', chunk_rows * hidden)
+        # stage 0 (768 x 160 hidden values, one over the threshold) is chunked, stage 1
+        # (192 x 320, half of it) is not
+        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', rows * hidden - 1)
+        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', chunk_rows)
         *chunked_calls, outs = count_onednn_linear_calls(lambda: model(x))
     assert plain_calls == [blocks, blocks]
     chunks = -(-rows // chunk_rows)  # 8, the last of 68 rows
