@@ -215,7 +215,8 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
 def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
         monkeypatch, memory_format):
     """Where a block's hidden tensor exceeds MLP_CHUNK_ABOVE_NUMEL values, eager inference
-    runs its MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter); outputs equal the
+    runs its LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter), writing
+    over the depthwise convolution's output, never over the block's input; outputs equal the
     unchunked run's. Not with autograd, and not where stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto')).eval()
@@ -242,6 +243,15 @@ def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     with torch.no_grad():
         gelu_calls, linear_calls, _ = count_onednn_linear_calls(lambda: drop_path_model(x))
     assert (gelu_calls, linear_calls) == (blocks + chunks - 1, chunks)
+    # a block called on its own: the chunked result, and its input left as it was
+    block = model.stages[0][0]
+    block_input = torch.randn(2, 40, 16, 24).to(memory_format=torch.channels_last)
+    untouched = block_input.clone()
+    with torch.no_grad():
+        chunked = block(block_input)
+        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', rows * hidden)
+        torch.testing.assert_close(chunked, block(block_input), rtol=1e-6, atol=1e-6)
+    assert torch.equal(block_input, untouched)
 
 
 def step_with_and_without(monkeypatch, model, x, fast_path):

@@ -39,7 +39,8 @@ class ConvNeXtBlock(nn.Module):
     fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
     also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
     stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``;
-    in eager mode in row chunks where the hidden tensor is large), and in fp32 training the
+    in eager mode, where the hidden tensor is large, the LayerNorm and the MLP run in row
+    chunks written over the depthwise convolution's output), and in fp32 training the
     Linear layers run oneDNN's kernel, which adds the bias and the shortcut inside the
     product, forward and for the input gradient (``onednn_linear``), in eager mode and under
     ``torch.compile``. Same outputs and gradients up to float rounding.
@@ -66,10 +67,11 @@ class ConvNeXtBlock(nn.Module):
         return f'drop_path_rate={self.drop_path_rate:.3f}, with_cp={self.with_cp}'
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        y = self.dwconv(x).permute(0, 2, 3, 1)
         shortcut = x.permute(0, 2, 3, 1)
-        if self._mlp_in_chunks(y, shortcut):
-            return self._chunked_mlp(y, shortcut).permute(0, 3, 1, 2)
+        if self._in_chunks(y, shortcut):
+            return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
+        y = self.norm(y)
         if onednn_inference(y, self.pwconv1):
             y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
         elif onednn_training(y):
@@ -85,25 +87,29 @@ class ConvNeXtBlock(nn.Module):
     def _drop_path_active(self) -> bool:
         return self.training and self.drop_path_rate > 0
 
-    def _mlp_in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
+    def _in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
+        """Whether the block's tail after the depthwise convolution (output ``y``, NHWC) runs
+        in row chunks (``_chunked_tail``)."""
         hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
         return (hidden_numel > MLP_CHUNK_ABOVE_NUMEL and self.grn is None
-                and not self._drop_path_active
+                and not self._drop_path_active and y.is_contiguous()
                 and shortcut.is_contiguous() and not torch.compiler.is_compiling()
-                and onednn_inference(y, self.pwconv1, self.pwconv2, self.gamma, shortcut))
+                and onednn_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma,
+                                     shortcut))
 
-    def _chunked_mlp(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``shortcut + gamma * pwconv2(gelu(pwconv1(y)))`` (NHWC), ``MLP_CHUNK_ROWS`` rows at a
-        time, with the oneDNN kernels of ``onednn_inference``."""
+    def _chunked_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``shortcut + gamma * pwconv2(gelu(pwconv1(norm(y))))`` (NHWC), ``MLP_CHUNK_ROWS``
+        rows at a time, with the oneDNN kernels of ``onednn_inference``. Each chunk's result
+        overwrites its rows of ``y`` (the depthwise convolution's output, which the block
+        owns), so that no new full-size tensor is made."""
         weight, bias, _ = self._pwconv2_folded(y)
         channels = y.shape[-1]
-        rows, shortcut_rows = y.reshape(-1, channels), shortcut.reshape(-1, channels)
-        out = torch.empty_like(shortcut_rows)
+        rows, shortcut_rows = y.view(-1, channels), shortcut.reshape(-1, channels)
         for start in range(0, rows.shape[0], MLP_CHUNK_ROWS):
             chunk = slice(start, start + MLP_CHUNK_ROWS)
-            hidden = linear_gelu(rows[chunk], self.pwconv1.weight, self.pwconv1.bias)
-            out[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
-        return out.view(shortcut.shape)
+            hidden = linear_gelu(self.norm(rows[chunk]), self.pwconv1.weight, self.pwconv1.bias)
+            rows[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
+        return y
 
     def _pwconv2_folded(self, y: torch.Tensor):
         """pwconv2's weight and bias with the layer scale folded in where that is exact
