@@ -145,11 +145,12 @@ def test_block_under_autocast_matches_fp32(use_grn):
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('input_requires_grad', [True, False])
-def test_depthwise_conv_gradients_equal_pytorch_conv2d(memory_format, input_requires_grad):
+@pytest.mark.parametrize('batch', [3, 0])
+def test_depthwise_conv_gradients_equal_pytorch_conv2d(memory_format, input_requires_grad, batch):
     from convnext_mm.models.backbones.layers import DepthwiseConv2d
     conv = randomize_(DepthwiseConv2d(12, 7)).double()
-    x = torch.randn(3, 12, 9, 13, dtype=torch.float64).contiguous(memory_format=memory_format)
-    grad = torch.randn(3, 12, 9, 13, dtype=torch.float64)
+    x = torch.randn(batch, 12, 9, 13, dtype=torch.float64).contiguous(memory_format=memory_format)
+    grad = torch.randn(batch, 12, 9, 13, dtype=torch.float64)
     results = []
     for forward in (conv, lambda inp: F.conv2d(inp, conv.weight, conv.bias, padding=3, groups=12)):
         inp = x.clone().requires_grad_(input_requires_grad)

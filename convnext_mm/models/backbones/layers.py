@@ -187,10 +187,10 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # One convolution per sample works on channels_last tensors as they are; one over
             # all (sample, channel) groups needs NCHW copies and was 1.5-5x slower.
-            grad_weight = F.conv2d(x[:1], grad[0].unsqueeze(1), padding=pad, groups=c)
-            for i in range(1, n):
-                grad_weight += F.conv2d(x[i:i + 1], grad[i].unsqueeze(1), padding=pad, groups=c)
-            grad_weight = grad_weight.reshape(weight.shape)
+            grad_weight = weight.new_zeros(weight.shape)
+            for i in range(n):
+                sample_grad = F.conv2d(x[i:i + 1], grad[i].unsqueeze(1), padding=pad, groups=c)
+                grad_weight += sample_grad.view(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias
