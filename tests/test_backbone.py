@@ -361,6 +361,21 @@ def test_real_forward_odd_sizes(size):
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_empty_batch_gives_empty_outputs_and_zero_gradients(memory_format):
+    """As timm's: an empty batch passes in inference and training (the CPU fast paths too)."""
+    model = randomize_(ConvNeXt('atto', drop_path_rate=0.1))
+    x = torch.randn(0, 3, 64, 96).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        shapes = [out.shape for out in model.eval()(x)]
+    assert shapes == [(0, 40, 16, 24), (0, 80, 8, 12), (0, 160, 4, 6), (0, 320, 2, 3)]
+    outs = model.train()(x)
+    assert [out.shape for out in outs] == shapes
+    sum(out.sum() for out in outs).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
+
+
 def test_out_indices_subset_and_negative():
     model = ConvNeXt('atto', out_indices=(-1, 1)).eval()
     outs = model(torch.randn(1, 3, 64, 64))

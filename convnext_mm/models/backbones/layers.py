@@ -155,7 +155,7 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     # The op sees 2-D tensors: oneDNN returns N-D outputs as views, and autograd forbids
     # in-place ops on views made inside an op with its own backward (the block adds in place).
     rows = x.reshape(-1, x.shape[-1])
-    residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
+    residual_rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
     out = linear(rows, weight, bias, residual_rows)
     return out.view(*x.shape[:-1], out.shape[-1])
 
