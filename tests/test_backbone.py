@@ -1,4 +1,5 @@
 """ConvNeXt backbone: numerics against timm and torchvision, shapes, options."""
+import os
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from conftest import ROOT, randomize_
 
 from convnext_mm import ConvNeXt
+from convnext_mm.models.backbones import layers
 from convnext_mm.models.backbones.convnext import ConvNeXtBlock
 
 timm = pytest.importorskip('timm')
@@ -180,6 +182,42 @@ def test_flop_counter_sees_every_layer_with_autograd_on():
     assert counts[0][1] == 16 * 16 * 40 * 160 and counts[0][2] == 16 * 16 * 40 * 49
 
 
+@pytest.fixture
+def onednn_linear(monkeypatch):
+    """oneDNN's linear kernels on whatever the CPU (by default only where ATen runs AVX-512
+    code), so that their paths are tested on every machine with oneDNN."""
+    if (not torch.backends.mkldnn.is_available()
+            or torch.ops.mkldnn._is_mkldnn_acl_supported()):
+        pytest.skip('needs oneDNN on x86')
+    monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', True)
+
+
+def test_onednn_linear_kernels_run_only_where_aten_runs_avx512():
+    """On this machine the switch follows ATen's CPU capability; with the capability lowered to
+    AVX2 (as on an AVX2 CPU) inference and training run no oneDNN linear kernel."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert layers.USE_ONEDNN_LINEAR == (capability == 'AVX512'
+                                        and torch.backends.mkldnn.is_available())
+    code = (
+        'import torch\n'
+        'from convnext_mm import ConvNeXt\n'
+        'from convnext_mm.models.backbones import layers\n'
+        'model, x = ConvNeXt("atto"), torch.randn(1, 3, 64, 64)\n'
+        'cpu = [torch.profiler.ProfilerActivity.CPU]\n'
+        'with torch.profiler.profile(activities=cpu) as prof:\n'
+        '    with torch.no_grad():\n'
+        '        model.eval()(x)\n'
+        '    sum(out.sum() for out in model.train()(x)).backward()\n'
+        'names = [e.name for e in prof.events()]\n'
+        'print(torch.backends.cpu.get_cpu_capability(), layers.USE_ONEDNN_LINEAR,\n'
+        '      sum(n.startswith("mkldnn::_linear_pointwise") for n in names),\n'
+        '      sum(n in ("aten::addmm", "aten::mm") for n in names) > 0)\n')
+    env = dict(os.environ, ATEN_CPU_CAPABILITY='avx2')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ['AVX2', 'False', '0', 'True']
+
+
 def count_onednn_linear_calls(fn):
     """(``linear_gelu`` calls, ``linear`` calls, fn's result): a block on the inference path
     calls one of each, on the training path ``linear`` twice."""
@@ -192,7 +230,7 @@ def count_onednn_linear_calls(fn):
     return kernels - linear_calls, linear_calls, result
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.usefixtures('onednn_linear')
 @pytest.mark.parametrize('use_grn', [False, True])
 def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     """In fp32 CPU inference each block runs Linear+GELU and Linear+add as two fused oneDNN
@@ -211,7 +249,7 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert with_grad_calls == [0, 2 * blocks]
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.usefixtures('onednn_linear')
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
         monkeypatch, memory_format):
@@ -279,7 +317,7 @@ def step_with_and_without(monkeypatch, model, x, fast_path):
     return [result[:2] for result in results]
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.usefixtures('onednn_linear')
 def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(monkeypatch):
     """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
     take the fused kernels; outputs and the gradients of the trained stages are those of the
@@ -291,7 +329,7 @@ def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(mo
     assert calls == [(frozen, frozen + 2 * trained), (0, 2 * (frozen + trained))]
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='needs oneDNN')
+@pytest.mark.usefixtures('onednn_linear')
 @pytest.mark.parametrize('use_grn,drop_path_rate,memory_format', [
     (False, 0., torch.contiguous_format),
     (False, 0., torch.channels_last),
@@ -362,6 +400,7 @@ def test_real_forward_odd_sizes(size):
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.usefixtures('onednn_linear')
 def test_empty_batch_gives_empty_outputs_and_zero_gradients(memory_format):
     """As timm's: an empty batch passes in inference and training (the CPU fast paths too)."""
     model = randomize_(ConvNeXt('atto', drop_path_rate=0.1))
@@ -490,6 +529,7 @@ def test_compiles_without_graph_breaks(training):
         sum(out.sum() for out in outs).backward()
 
 
+@pytest.mark.usefixtures('onednn_linear')
 @pytest.mark.parametrize('training', [False, True])
 def test_inductor_keeps_the_onednn_kernels(training):
     """The oneDNN kernels are custom ops with fake-tensor kernels (and, for the training path,
@@ -506,8 +546,7 @@ def test_inductor_keeps_the_onednn_kernels(training):
         *calls, outs = count_onednn_linear_calls(lambda: compiled(x))
         with torch.backends.mkldnn.flags(enabled=False):
             expected = model(x)
-    has_onednn = torch.backends.mkldnn.is_available()
-    assert calls == ([0, 8] if training else [4, 4]) if has_onednn else [0, 0]
+    assert calls == ([0, 8] if training else [4, 4])
     for out, ref in zip(outs, expected):
         assert out.is_contiguous()
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

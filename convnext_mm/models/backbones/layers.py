@@ -52,15 +52,20 @@ def stochastic_depth_factor(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return factor.div_(keep_prob)
 
 
-# Read once: torch.compile does not trace into torch.backends' availability checks.
-_HAS_ONEDNN_FUSED_LINEAR = (torch.backends.mkldnn.is_available()
-                            and not torch.ops.mkldnn._is_mkldnn_acl_supported())
+# oneDNN's linear kernels stand in for PyTorch's matrix products (MKL's on x86) only on CPUs
+# where ATen runs AVX-512 code: they were faster there (an AMD EPYC Zen 4: 1.2-1.7x MKL's `mm`
+# per op, 1.04-1.10x per training step) and slower on an AVX2 CPU (an AMD EPYC Zen 3: 0.81-0.86x
+# per inference step, 0.91-0.94x per training step). Read once: torch.compile does not trace
+# into torch.backends' checks. ATEN_CPU_CAPABILITY=avx2 switches the kernels off.
+USE_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
+                     and not torch.ops.mkldnn._is_mkldnn_acl_supported()
+                     and torch.backends.cpu.get_cpu_capability() == 'AVX512')
 
 
 def _onednn_fp32_cpu(x: torch.Tensor) -> bool:
-    """fp32 on a CPU with oneDNN enabled, no autocast, not tracing (FLOP counters and ONNX
-    export see the plain layers)."""
-    return (_HAS_ONEDNN_FUSED_LINEAR and x.is_cpu and x.dtype == torch.float32
+    """fp32 on a CPU where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), oneDNN enabled,
+    no autocast, not tracing (FLOP counters and ONNX export see the plain layers)."""
+    return (USE_ONEDNN_LINEAR and x.is_cpu and x.dtype == torch.float32
             and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
             and not torch.jit.is_tracing())
 
