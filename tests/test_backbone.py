@@ -249,39 +249,57 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert with_grad_calls == [0, 2 * blocks]
 
 
-@pytest.mark.usefixtures('onednn_linear')
+def count_mlp_products(fn, onednn):
+    """(calls of the first MLP product, of the second, fn's result): ``linear_gelu`` and
+    ``linear`` calls with oneDNN's kernels; without them PyTorch's matrix products (``addmm``
+    or ``mm``), two per MLP, halved."""
+    if onednn:
+        return count_onednn_linear_calls(fn)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = fn()
+    products = sum(e.name in ('aten::addmm', 'aten::mm') for e in prof.events())
+    return products / 2, products / 2, result
+
+
+@pytest.mark.parametrize('onednn', [True, False])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
-        monkeypatch, memory_format):
+        request, monkeypatch, memory_format, onednn):
     """Where a block's hidden tensor exceeds MLP_CHUNK_ABOVE_NUMEL values, eager inference
     runs its LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter), writing
-    over the depthwise convolution's output, never over the block's input; outputs equal the
-    unchunked run's. Not with autograd, and not where stochastic depth applies."""
+    over the depthwise convolution's output, never over the block's input, with oneDNN's
+    kernels or PyTorch's; outputs equal the unchunked run's. Not with autograd, and not where
+    stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
+    if onednn:
+        request.getfixturevalue('onednn_linear')
+    else:
+        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
     rows, hidden = 2 * 16 * 24, 4 * model.out_channels[0]  # stage 0: 768 rows, 160 wide
     chunk_rows, blocks = 100, sum(model.depths)
     with torch.no_grad():
-        *plain_calls, expected = count_onednn_linear_calls(lambda: model(x))
+        *unchunked_calls, expected = count_mlp_products(lambda: model(x), onednn)
         # stage 0 (768 x 160 hidden values, one over the threshold) is chunked, stage 1
         # (192 x 320, half of it) is not
         monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', rows * hidden - 1)
         monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', chunk_rows)
-        *chunked_calls, outs = count_onednn_linear_calls(lambda: model(x))
-    assert plain_calls == [blocks, blocks]
+        *chunked_calls, outs = count_mlp_products(lambda: model(x), onednn)
+    assert unchunked_calls == [blocks, blocks]
     chunks = -(-rows // chunk_rows)  # 8, the last of 68 rows
     stage0 = model.depths[0]
     assert chunked_calls == [blocks + stage0 * (chunks - 1)] * 2
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
-    *with_grad_calls, _ = count_onednn_linear_calls(lambda: model(x))
-    assert with_grad_calls == [0, 2 * blocks]
+    *with_grad_calls, _ = count_mlp_products(lambda: model(x), onednn)
+    assert with_grad_calls == ([0, 2 * blocks] if onednn else [blocks, blocks])
     # drop-path rates rise linearly from 0: only the first block has none and is chunked
     drop_path_model = ConvNeXt('atto', drop_path_rate=0.5).train()
     with torch.no_grad():
-        gelu_calls, linear_calls, _ = count_onednn_linear_calls(lambda: drop_path_model(x))
-    assert (gelu_calls, linear_calls) == (blocks + chunks - 1, chunks)
+        *drop_path_calls, _ = count_mlp_products(lambda: drop_path_model(x), onednn)
+    assert drop_path_calls == ([blocks + chunks - 1, chunks] if onednn else
+                               [blocks + chunks - 1] * 2)
     # a block called on its own: the chunked result, and its input left as it was
     block = model.stages[0][0]
     block_input = torch.randn(2, 40, 16, 24).to(memory_format=torch.channels_last)

@@ -44,8 +44,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from convnext_mm import ConvNeXt  # noqa: E402
 from convnext_mm.checkpoint.formats import convnext_mm_key  # noqa: E402
+from convnext_mm.models.backbones import layers  # noqa: E402
 from convnext_mm.models.backbones.convnext import ConvNeXtBlock  # noqa: E402
-from convnext_mm.models.backbones.layers import LayerNorm2d  # noqa: E402
 
 TIMM_NAMES = {'atto': 'convnext_atto', 'femto': 'convnext_femto', 'pico': 'convnext_pico',
               'nano': 'convnext_nano', 'tiny': 'convnext_tiny', 'small': 'convnext_small',
@@ -150,7 +150,7 @@ def build_implementations(arch: str, with_cp: bool = False) -> dict:
     official = copy.deepcopy(ours)
     for parent in list(official.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, LayerNorm2d):
+            if isinstance(child, layers.LayerNorm2d):
                 setattr(parent, name, ChannelsFirstLayerNorm(child))
             elif isinstance(child, ConvNeXtBlock):
                 setattr(parent, name, OfficialBlock(child))
@@ -324,8 +324,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
-        f'CPU, {torch.get_num_threads()} threads'
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
+        f'CPU, {torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}'
+        f' code, oneDNN linear kernels {"on" if layers.USE_ONEDNN_LINEAR else "off"}')
     print(f'# ConvNeXt-{args.arch} backbone, {name}, torch {torch.__version__}, '
           f'{time.strftime("%Y-%m-%d")}')
     impls = build_implementations(args.arch)

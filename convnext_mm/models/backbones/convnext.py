@@ -11,16 +11,17 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
-from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, linear, linear_gelu, onednn_inference,
-                     onednn_linear, onednn_training, stochastic_depth_factor)
+from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, cpu_inference, linear, linear_gelu,
+                     onednn_inference, onednn_linear, onednn_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
 # Eager fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels) once
 # its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values (32 MiB, above which
 # glibc maps fresh pages for every allocation): each chunk's hidden tensor is reused memory
-# that is still in cache when pwconv2 reads it. 4096 rows was the fastest chunk for C = 96-512
-# on a 2-core EPYC (fewer rows pay oneDNN's per-call weight reorder more often).
+# that is still in cache when pwconv2 reads it, with oneDNN's kernels or PyTorch's. 4096 rows
+# was the fastest chunk for C = 96-512 on a 2-core EPYC (fewer rows pay oneDNN's per-call
+# weight reorder more often).
 MLP_CHUNK_ABOVE_NUMEL = 2 ** 23
 MLP_CHUNK_ROWS = 4096
 
@@ -37,10 +38,11 @@ class ConvNeXtBlock(nn.Module):
     weights underflows), GELU runs in place when autograd keeps nothing, and the shortcut is
     added in place. New large tensors are the expensive part on the CPU, where each one is
     fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
-    also has a faster backward pass (``DepthwiseConv2d``); in fp32 inference (and in frozen
-    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``;
-    in eager mode, where the hidden tensor is large, the LayerNorm and the MLP run in row
-    chunks written over the depthwise convolution's output), and in fp32 training the
+    also has a faster backward pass (``DepthwiseConv2d``), and in fp32 eager inference, where
+    the hidden tensor is large, the LayerNorm and the MLP run in row chunks written over the
+    depthwise convolution's output (``_chunked_tail``). Where oneDNN's linear kernels pay
+    (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen stages) Linear+GELU and
+    Linear+add each run as one oneDNN kernel (``onednn_inference``), and in fp32 training the
     Linear layers run oneDNN's kernel, which adds the bias and the shortcut inside the
     product, forward and for the input gradient (``onednn_linear``), in eager mode and under
     ``torch.compile``. Same outputs and gradients up to float rounding.
@@ -94,21 +96,26 @@ class ConvNeXtBlock(nn.Module):
         return (hidden_numel > MLP_CHUNK_ABOVE_NUMEL and self.grn is None
                 and not self._drop_path_active and y.is_contiguous()
                 and shortcut.is_contiguous() and not torch.compiler.is_compiling()
-                and onednn_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma,
-                                     shortcut))
+                and cpu_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma, shortcut))
 
     def _chunked_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``shortcut + gamma * pwconv2(gelu(pwconv1(norm(y))))`` (NHWC), ``MLP_CHUNK_ROWS``
-        rows at a time, with the oneDNN kernels of ``onednn_inference``. Each chunk's result
-        overwrites its rows of ``y`` (the depthwise convolution's output, which the block
-        owns), so that no new full-size tensor is made."""
+        rows at a time, with the oneDNN kernels where they pay (``onednn_inference``) and the
+        plain layers elsewhere. Each chunk's result overwrites its rows of ``y`` (the depthwise
+        convolution's output, which the block owns), so that no new full-size tensor is made."""
         weight, bias, _ = self._pwconv2_folded(y)
+        use_onednn = onednn_inference(y)
         channels = y.shape[-1]
         rows, shortcut_rows = y.view(-1, channels), shortcut.reshape(-1, channels)
         for start in range(0, rows.shape[0], MLP_CHUNK_ROWS):
             chunk = slice(start, start + MLP_CHUNK_ROWS)
-            hidden = linear_gelu(self.norm(rows[chunk]), self.pwconv1.weight, self.pwconv1.bias)
-            rows[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
+            normed = self.norm(rows[chunk])
+            if use_onednn:
+                hidden = linear_gelu(normed, self.pwconv1.weight, self.pwconv1.bias)
+                rows[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
+            else:
+                hidden = torch.ops.aten.gelu_(self.pwconv1(normed))
+                rows[chunk] = F.linear(hidden, weight, bias).add_(shortcut_rows[chunk])
         return y
 
     def _pwconv2_folded(self, y: torch.Tensor):

@@ -62,19 +62,23 @@ USE_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
                      and torch.backends.cpu.get_cpu_capability() == 'AVX512')
 
 
-def _onednn_fp32_cpu(x: torch.Tensor) -> bool:
-    """fp32 on a CPU where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), oneDNN enabled,
-    no autocast, not tracing (FLOP counters and ONNX export see the plain layers)."""
-    return (USE_ONEDNN_LINEAR and x.is_cpu and x.dtype == torch.float32
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled('cpu')
+def _fp32_cpu(x: torch.Tensor) -> bool:
+    """fp32 on a CPU, no autocast, not tracing (FLOP counters and ONNX export see the plain
+    layers)."""
+    return (x.is_cpu and x.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
             and not torch.jit.is_tracing())
 
 
-def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
-    """Whether oneDNN's fused linear kernels (``torch.ops.mkldnn._linear_pointwise``, the ones
-    inductor uses on the CPU) can stand in for Linear + GELU or Linear + add: fp32 on a CPU with
-    oneDNN (``_onednn_fp32_cpu``) and nothing that autograd records."""
-    if not _onednn_fp32_cpu(x):
+def _onednn_fp32_cpu(x: torch.Tensor) -> bool:
+    """``_fp32_cpu`` where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``) and oneDNN is
+    enabled."""
+    return USE_ONEDNN_LINEAR and torch.backends.mkldnn.enabled and _fp32_cpu(x)
+
+
+def cpu_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """fp32 on a CPU (``_fp32_cpu``) and nothing that autograd records: ``x``, the modules'
+    parameters and the other tensors given need no gradient, or grad mode is off."""
+    if not _fp32_cpu(x):
         return False
     if not torch.is_grad_enabled():
         return True
@@ -85,6 +89,13 @@ def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
         elif item is not None:
             tensors.append(item)
     return not any(t.requires_grad for t in tensors)
+
+
+def onednn_inference(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """Whether oneDNN's fused linear kernels (``torch.ops.mkldnn._linear_pointwise``, the ones
+    inductor uses on the CPU) can stand in for Linear + GELU or Linear + add: where they pay
+    (``_onednn_fp32_cpu``) and nothing is recorded for autograd (``cpu_inference``)."""
+    return _onednn_fp32_cpu(x) and cpu_inference(x, *modules_or_tensors)
 
 
 def onednn_training(x: torch.Tensor) -> bool:
