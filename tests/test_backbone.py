@@ -535,7 +535,14 @@ def test_layernorm_in_fp32_under_half_precision():
 
 
 @pytest.mark.parametrize('training', [False, True])
-def test_compiles_without_graph_breaks(training):
+@pytest.mark.parametrize('onednn', [False, True])
+def test_compiles_without_graph_breaks(request, monkeypatch, training, onednn):
+    """fullgraph compile with and without the oneDNN linear kernels (without them compiled
+    inference leaves the layer scale unfolded), same outputs as eager mode."""
+    if onednn:
+        request.getfixturevalue('onednn_linear')
+    else:
+        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
     model = randomize_(ConvNeXt('atto')).train(training)
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, backend='eager', fullgraph=True)

@@ -120,11 +120,15 @@ class ConvNeXtBlock(nn.Module):
 
     def _pwconv2_folded(self, y: torch.Tensor):
         """pwconv2's weight and bias with the layer scale folded in where that is exact
-        enough (fp32/fp64), and the scale left to apply (None once folded)."""
+        enough (fp32/fp64) and saves a pass over the output, and the scale left to apply (None
+        once folded). Not in compiled inference on the plain layers, where inductor fuses the
+        scale into the shortcut add and folding would only add a product per call."""
         scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
         # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
         if (scale is not None and y.dtype == weight.dtype
-                and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()):
+                and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
+                and not (torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                         and not onednn_inference(y))):
             return weight * scale[:, None], bias * scale, None
         return weight, bias, scale
 
