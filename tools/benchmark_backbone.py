@@ -2,7 +2,7 @@
 
     python tools/benchmark_backbone.py [--arch tiny] [--shapes 8x3x224x224 2x3x800x1216]
         [--device cpu|cuda] [--precision fp32 fp16 bf16] [--channels-last off on]
-        [--compile off on] [--repeats 10] [--warmup 3] [--memory] [--json OUT]
+        [--compile off on] [--repeats 10] [--warmup 3] [--peak-size N] [--memory] [--json OUT]
 
 Every implementation gets the same weights (ours, converted) and the same input. For each
 setting, forward (inference, no_grad) and forward+backward (training: sum of the four stage
@@ -228,13 +228,17 @@ def paired_speed_ratio(ours: list, reference: list) -> float:
 
 def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Tuple[float, List[str]]:
     """The fastest large matrix product on the device, and the kernels timed: ``mm`` and, on a
-    CPU with oneDNN, also oneDNN's linear kernel (on the AMD CPU of docs/benchmarks.md
-    1.25-1.4x MKL's ``mm``)."""
+    CPU with oneDNN for the dtype, also oneDNN's linear kernel (on the AVX-512 CPU of
+    docs/benchmarks.md 1.25-1.4x MKL's ``mm``; oneDNN has no bf16/fp16 kernel for CPUs
+    without those instructions)."""
     n = n or (8192 if device.type == 'cuda' else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     products = {'mm': lambda: a @ b}
-    if device.type == 'cpu' and torch.backends.mkldnn.is_available():
+    if device.type == 'cpu' and torch.backends.mkldnn.is_available() and (
+            dtype == torch.float32
+            or dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            or dtype == torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported()):
         products['oneDNN linear'] = \
             lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], '')
     best = float('inf')
@@ -309,6 +313,9 @@ def parse_args(argv=None):
                         choices=['infer', 'train'])
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--peak-size', type=int, default=None,
+                        help='side of the square matrix product timed for the peak '
+                        '(default 2048 on a CPU, 8192 on a GPU)')
     parser.add_argument('--memory', action='store_true', help='also peak memory with/without with_cp')
     parser.add_argument('--json', help='also write the results to this JSON file')
     args = parser.parse_args(argv)
@@ -318,6 +325,8 @@ def parse_args(argv=None):
         parser.error(f'--device {args.device}: CUDA is not available here')
     if args.device == 'cpu' and 'fp16' in args.precision:
         parser.error('--precision fp16 needs a CUDA device (CPU autocast supports bf16)')
+    if args.peak_size is not None and args.peak_size < 1:
+        parser.error(f'--peak-size must be a positive integer, got {args.peak_size}')
     return args
 
 
@@ -334,9 +343,9 @@ def main(argv=None):
           f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
     peaks = {}
     for precision in args.precision:
-        peaks[precision], kernels = matmul_peak_gflops(device, DTYPES[precision])
-        print(f'peak of a large {precision} matrix product on this device (best of '
-              f'{" and ".join(kernels)}): {peaks[precision]:.0f} GFLOP/s')
+        peaks[precision], kernels = matmul_peak_gflops(device, DTYPES[precision], args.peak_size)
+        print(f'peak of a {args.peak_size or "large"} {precision} matrix product on this '
+              f'device (best of {" and ".join(kernels)}): {peaks[precision]:.0f} GFLOP/s')
     results = []
     header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
         f'ours GFLOP/s (% of peak) | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
