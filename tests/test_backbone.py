@@ -186,10 +186,20 @@ def test_flop_counter_sees_every_layer_with_autograd_on():
 def onednn_linear(monkeypatch):
     """oneDNN's linear kernels on whatever the CPU (by default only where ATen runs AVX-512
     code), so that their paths are tested on every machine with oneDNN."""
-    if (not torch.backends.mkldnn.is_available()
-            or torch.ops.mkldnn._is_mkldnn_acl_supported()):
+    if not layers.ONEDNN_LINEAR_AVAILABLE:
         pytest.skip('needs oneDNN on x86')
     monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', True)
+
+
+@pytest.fixture(params=[True, False], ids=['onednn', 'plain'])
+def onednn(request, monkeypatch):
+    """The test runs with oneDNN's linear kernels forced on (``onednn_linear``) and off; the
+    value says which."""
+    if request.param:
+        request.getfixturevalue('onednn_linear')
+    else:
+        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
+    return request.param
 
 
 def test_onednn_linear_kernels_run_only_where_aten_runs_avx512():
@@ -197,7 +207,7 @@ def test_onednn_linear_kernels_run_only_where_aten_runs_avx512():
     AVX2 (as on an AVX2 CPU) inference and training run no oneDNN linear kernel."""
     capability = torch.backends.cpu.get_cpu_capability()
     assert layers.USE_ONEDNN_LINEAR == (capability == 'AVX512'
-                                        and torch.backends.mkldnn.is_available())
+                                        and layers.ONEDNN_LINEAR_AVAILABLE)
     code = (
         'import torch\n'
         'from convnext_mm import ConvNeXt\n'
@@ -261,20 +271,15 @@ def count_mlp_products(fn, onednn):
     return products / 2, products / 2, result
 
 
-@pytest.mark.parametrize('onednn', [True, False])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
-        request, monkeypatch, memory_format, onednn):
+        monkeypatch, memory_format, onednn):
     """Where a block's hidden tensor exceeds MLP_CHUNK_ABOVE_NUMEL values, eager inference
     runs its LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter), writing
     over the depthwise convolution's output, never over the block's input, with oneDNN's
     kernels or PyTorch's; outputs equal the unchunked run's. Not with autograd, and not where
     stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
-    if onednn:
-        request.getfixturevalue('onednn_linear')
-    else:
-        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
     rows, hidden = 2 * 16 * 24, 4 * model.out_channels[0]  # stage 0: 768 rows, 160 wide
@@ -535,14 +540,9 @@ def test_layernorm_in_fp32_under_half_precision():
 
 
 @pytest.mark.parametrize('training', [False, True])
-@pytest.mark.parametrize('onednn', [False, True])
-def test_compiles_without_graph_breaks(request, monkeypatch, training, onednn):
+def test_compiles_without_graph_breaks(training, onednn):
     """fullgraph compile with and without the oneDNN linear kernels (without them compiled
     inference leaves the layer scale unfolded), same outputs as eager mode."""
-    if onednn:
-        request.getfixturevalue('onednn_linear')
-    else:
-        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
     model = randomize_(ConvNeXt('atto')).train(training)
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, backend='eager', fullgraph=True)

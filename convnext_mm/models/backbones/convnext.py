@@ -124,11 +124,12 @@ class ConvNeXtBlock(nn.Module):
         once folded). Not in compiled inference on the plain layers, where inductor fuses the
         scale into the shortcut add and folding would only add a product per call."""
         scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
+        compiled_plain_inference = (torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                                    and not onednn_inference(y))
         # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
         if (scale is not None and y.dtype == weight.dtype
                 and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
-                and not (torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                         and not onednn_inference(y))):
+                and not compiled_plain_inference):
             return weight * scale[:, None], bias * scale, None
         return weight, bias, scale
 

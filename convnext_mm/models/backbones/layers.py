@@ -57,9 +57,9 @@ def stochastic_depth_factor(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 # per op, 1.04-1.10x per training step) and slower on an AVX2 CPU (an AMD EPYC Zen 3: 0.81-0.86x
 # per inference step, 0.91-0.94x per training step). Read once: torch.compile does not trace
 # into torch.backends' checks. ATEN_CPU_CAPABILITY=avx2 switches the kernels off.
-USE_ONEDNN_LINEAR = (torch.backends.mkldnn.is_available()
-                     and not torch.ops.mkldnn._is_mkldnn_acl_supported()
-                     and torch.backends.cpu.get_cpu_capability() == 'AVX512')
+ONEDNN_LINEAR_AVAILABLE = (torch.backends.mkldnn.is_available()
+                           and not torch.ops.mkldnn._is_mkldnn_acl_supported())
+USE_ONEDNN_LINEAR = ONEDNN_LINEAR_AVAILABLE and torch.backends.cpu.get_cpu_capability() == 'AVX512'
 
 
 def _fp32_cpu(x: torch.Tensor) -> bool:
