@@ -191,14 +191,17 @@ def onednn_linear(monkeypatch):
     monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', True)
 
 
+@pytest.fixture
+def plain_linear(monkeypatch):
+    """oneDNN's linear kernels off (as on CPUs without AVX-512): PyTorch's products run."""
+    monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
+
+
 @pytest.fixture(params=[True, False], ids=['onednn', 'plain'])
-def onednn(request, monkeypatch):
-    """The test runs with oneDNN's linear kernels forced on (``onednn_linear``) and off; the
-    value says which."""
-    if request.param:
-        request.getfixturevalue('onednn_linear')
-    else:
-        monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
+def onednn(request):
+    """The test runs with oneDNN's linear kernels forced on (``onednn_linear``) and off
+    (``plain_linear``); the value says which."""
+    request.getfixturevalue('onednn_linear' if request.param else 'plain_linear')
     return request.param
 
 
@@ -372,6 +375,60 @@ def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
     assert calls == [(0, 2 * sum(model.depths)), (0, 0)]
 
 
+@pytest.mark.usefixtures('plain_linear')
+@pytest.mark.parametrize('drop_path_rate,memory_format,frozen_stages,input_grad', [
+    (0., torch.contiguous_format, -1, True),
+    (0.4, torch.channels_last, 1, False),
+])
+def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
+        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad):
+    """With PyTorch's products, fp32 CPU training runs the MLP of each block that autograd
+    records (frozen blocks only for an input gradient) as one autograd function whose backward
+    writes the hidden gradients over its saved GELU output (the graph is not kept); outputs
+    and gradients are the plain layers'."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    model = randomize_(ConvNeXt('atto', drop_path_rate=drop_path_rate,
+                                frozen_stages=frozen_stages)).train()
+    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
+    x.requires_grad_(input_grad)
+    mlp_calls, graph_kept = [], []
+    monkeypatch.setattr(convnext_module, 'mlp_training',
+                        lambda *args: mlp_calls.append(1) or layers.mlp_training(*args))
+    monkeypatch.setattr(layers, '_graph_kept',
+                        lambda real=layers._graph_kept: graph_kept.append(real()) or real())
+    step_with_and_without(monkeypatch, model, x, 'plain_cpu_training')
+    recorded_blocks = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
+    assert len(mlp_calls) == recorded_blocks and graph_kept == [False] * recorded_blocks
+
+
+@pytest.mark.usefixtures('plain_linear')
+@pytest.mark.parametrize('second_pass', ['retain_graph', 'create_graph'])
+def test_plain_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass):
+    """A second backward pass through a kept graph, and a backward through the gradients,
+    give the plain layers' gradients: the MLP function overwrites nothing it saved then."""
+    import convnext_mm.models.backbones.convnext as convnext_module
+    model = randomize_(ConvNeXt('atto')).train()
+    params = list(model.parameters())
+    x = torch.randn(1, 3, 32, 32)
+
+    def gradients():
+        model.zero_grad(set_to_none=True)
+        loss = sum((out * out).mean() for out in model(x))
+        if second_pass == 'retain_graph':
+            loss.backward(retain_graph=True)
+            loss.backward()
+        else:
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            sum(grad.square().sum() for grad in grads).backward()
+        return [p.grad for p in params]
+
+    ours = gradients()
+    monkeypatch.setattr(convnext_module, 'plain_cpu_training', lambda *args: False)
+    for grad, expected in zip(ours, gradients()):
+        torch.testing.assert_close(grad, expected, rtol=1e-4,
+                                   atol=1e-5 * expected.abs().max().item())
+
+
 def test_parameter_names_are_the_official_layout():
     """timm's converter of official checkpoints accepts our state dict as one."""
     from timm.models.convnext import checkpoint_filter_fn
@@ -481,6 +538,7 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval():
     assert all(p.grad is not None for p in model.stages[2].parameters())
 
 
+@pytest.mark.usefixtures('onednn')
 def test_with_cp_gives_same_outputs_and_gradients():
     plain = randomize_(ConvNeXt('atto', drop_path_rate=0.3)).train()
     checkpointed = ConvNeXt('atto', drop_path_rate=0.3, with_cp=True).train()

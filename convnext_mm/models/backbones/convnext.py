@@ -12,7 +12,8 @@ from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
 from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, cpu_inference, linear, linear_gelu,
-                     onednn_inference, onednn_linear, onednn_training, stochastic_depth_factor)
+                     mlp_training, onednn_inference, onednn_linear, onednn_training,
+                     plain_cpu_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -45,7 +46,9 @@ class ConvNeXtBlock(nn.Module):
     Linear+add each run as one oneDNN kernel (``onednn_inference``), and in fp32 training the
     Linear layers run oneDNN's kernel, which adds the bias and the shortcut inside the
     product, forward and for the input gradient (``onednn_linear``), in eager mode and under
-    ``torch.compile``. Same outputs and gradients up to float rounding.
+    ``torch.compile``. Elsewhere fp32 eager CPU training runs Linear -> GELU -> Linear as one
+    autograd function whose backward writes its hidden-sized gradients over the GELU output it
+    saved (``mlp_training``). Same outputs and gradients up to float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -74,6 +77,10 @@ class ConvNeXtBlock(nn.Module):
         if self._in_chunks(y, shortcut):
             return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
         y = self.norm(y)
+        if self.grn is None and plain_cpu_training(y, self.pwconv1, self.pwconv2, self.gamma):
+            weight, bias, scale = self._pwconv2_folded(y)
+            branch = mlp_training(y, self.pwconv1.weight, self.pwconv1.bias, weight, bias)
+            return self._scaled_add(shortcut, branch, scale).permute(0, 3, 1, 2)
         if onednn_inference(y, self.pwconv1):
             y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
         elif onednn_training(y):
@@ -137,16 +144,21 @@ class ConvNeXtBlock(nn.Module):
         """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
         weight, bias, scale = self._pwconv2_folded(y)
         folded = scale is None and self.gamma is not None
-        drop_path = self._drop_path_active
         use_onednn = onednn_training(y)
-        if (scale is None and shortcut.is_contiguous() and not drop_path
+        if (scale is None and shortcut.is_contiguous() and not self._drop_path_active
                 and (use_onednn or onednn_inference(y, self.pwconv2, self.gamma, shortcut))):
             return onednn_linear(y, weight, bias, shortcut)
         if use_onednn:
             branch = onednn_linear(y, weight, bias)
         else:
             branch = F.linear(y, weight, bias) if folded else self.pwconv2(y)
-        if drop_path:
+        return self._scaled_add(shortcut, branch, scale)
+
+    def _scaled_add(self, shortcut: torch.Tensor, branch: torch.Tensor,
+                    scale: Optional[torch.Tensor]) -> torch.Tensor:
+        """``shortcut + drop_path(scale * branch)`` (no scale: 1), in place into ``branch``
+        where it can."""
+        if self._drop_path_active:
             factor = stochastic_depth_factor(branch, self.drop_path_rate)
             scale = factor if scale is None else scale * factor
         if scale is not None:

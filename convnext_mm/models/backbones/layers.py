@@ -104,6 +104,14 @@ def onednn_training(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and _onednn_fp32_cpu(x)
 
 
+def plain_cpu_training(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """fp32 CPU training in eager mode on PyTorch's matrix products: autograd records (not
+    ``cpu_inference``), oneDNN's linear kernels are off (not ``onednn_training``) and inductor
+    is not tracing. Where ``mlp_training`` stands in for Linear -> GELU -> Linear."""
+    return (_fp32_cpu(x) and not cpu_inference(x, *modules_or_tensors)
+            and not onednn_training(x) and not torch.compiler.is_compiling())
+
+
 # The oneDNN kernels are custom ops so that torch.compile keeps them as they are: inductor
 # lowers oneDNN's linear only for constant (frozen) weights, runs trainable Linear layers on
 # MKL's matrix products, and PyTorch has no fake-tensor kernel for the binary variant.
@@ -173,6 +181,68 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     rows = x.reshape(-1, x.shape[-1])
     residual_rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
     out = linear(rows, weight, bias, residual_rows)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward pass keeps the graph for another one (``retain_graph``);
+    True where this PyTorch cannot tell."""
+    keep_graph = getattr(torch._C._autograd, '_get_current_graph_task_keep_graph', None)
+    return True if keep_graph is None else keep_graph()
+
+
+class _MLPFunction(torch.autograd.Function):
+    """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)`` on 2-D ``x`` whose
+    backward makes no new hidden-sized (4C-wide) tensor.
+
+    PyTorch's backward of these layers makes two: the gradient of GELU's output (a product)
+    and of its input (``gelu_backward``). On the CPU each is fresh memory that the kernel maps
+    and zeroes (over 32 MiB glibc maps new pages for every allocation). Here both are written
+    over the GELU output this function saved, which nothing else holds and which is dead once
+    pwconv2's weight gradient is computed. Not when the graph is kept for another backward
+    pass (``retain_graph``): then new tensors, as PyTorch makes them; nor when the backward is
+    differentiated (``create_graph``): then the gradients of a recomputed forward, since the
+    tensors made in ``forward`` carry no graph.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight1, bias1, weight2, bias2):
+        hidden = torch.addmm(bias1, x, weight1.t())
+        activation = F.gelu(hidden)
+        ctx.save_for_backward(x, weight1, bias1, weight2, hidden, activation)
+        return torch.addmm(bias2, activation, weight2.t())
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight1, bias1, weight2, hidden, activation = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_bias2 = grad.sum(0) if needs[4] else None
+        if torch.is_grad_enabled():
+            inputs, grads = (x, weight1, bias1, weight2), [None] * 4
+            wanted = [i for i in range(4) if needs[i]]
+            if wanted:
+                out = F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2)
+                found = torch.autograd.grad(out, [inputs[i] for i in wanted], grad,
+                                            create_graph=True)
+                for i, found_grad in zip(wanted, found):
+                    grads[i] = found_grad
+            return (*grads, grad_bias2)
+        grad_weight2 = grad.t().mm(activation) if needs[3] else None
+        if _graph_kept():
+            grad_hidden = torch.ops.aten.gelu_backward(grad.mm(weight2), hidden)
+        else:
+            grad_hidden = torch.mm(grad, weight2, out=activation)
+            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
+        grad_x = grad_hidden.mm(weight1) if needs[0] else None
+        grad_weight1 = grad_hidden.t().mm(x) if needs[1] else None
+        grad_bias1 = grad_hidden.sum(0) if needs[2] else None
+        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2
+
+
+def mlp_training(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
+                 weight2: torch.Tensor, bias2: torch.Tensor) -> torch.Tensor:
+    """``_MLPFunction`` on the last dimension of ``x``."""
+    out = _MLPFunction.apply(x.reshape(-1, x.shape[-1]), weight1, bias1, weight2, bias2)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
