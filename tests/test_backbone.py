@@ -145,6 +145,45 @@ def test_block_under_autocast_matches_fp32(use_grn):
     torch.testing.assert_close(out, expected, rtol=0.02, atol=0.02)
 
 
+def autocast_step_matches_timm(tmp_path, device, dtype, memory_format, ulps=0.):
+    """A training step of ConvNeXt-atto under autocast on ``device``: our outputs and
+    gradients against timm's under the same autocast (same type promotion of the residual
+    stream). On the CPU the kernels are the same and so are the results, up to an ulp in the
+    weight gradients' products; on a GPU, whose products and convolutions may pick other
+    kernels for other strides, within ``ulps`` of ``dtype`` times the largest value.
+    Shared with tests/test_cuda.py."""
+    eps = ulps * torch.finfo(dtype).eps
+    from convnext_mm.checkpoint.formats import convnext_mm_key
+    reference = randomize_(timm.create_model('convnext_atto')).to(device).train()
+    ours = load_into_ours(tmp_path, reference.state_dict(), arch='atto').to(device).train()
+    x = torch.randn(2, 3, 64, 96, device=device).contiguous(memory_format=memory_format)
+    with torch.autocast(device.type, dtype=dtype):
+        ours_outs = ours(x)
+        reference_outs = [layer_norm_nchw(out, getattr(ours, f'norm{i}'))
+                          for i, out in enumerate(timm_stage_outputs(reference, x))]
+    weights = [torch.randn_like(out) for out in ours_outs]
+    for outs in (ours_outs, reference_outs):
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+    for out, expected in zip(ours_outs, reference_outs):
+        assert out.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(out, expected, rtol=1e-4,
+                                   atol=max(1e-4, eps * expected.abs().max().item()))
+    ours_params = dict(ours.named_parameters())
+    for name, param in reference.named_parameters():
+        key = convnext_mm_key(name, 'timm')
+        if key in ours_params:
+            grad = ours_params[key].grad
+            # half-precision products: a different summation order moves a result by an ulp
+            torch.testing.assert_close(grad, param.grad.reshape(grad.shape), rtol=1e-2,
+                                       atol=max(1e-2, 2 * eps) * param.grad.abs().max().item(),
+                                       msg=key)
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_autocast_training_step_matches_timm(tmp_path, memory_format):
+    autocast_step_matches_timm(tmp_path, torch.device('cpu'), torch.bfloat16, memory_format)
+
+
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('input_requires_grad', [True, False])
 @pytest.mark.parametrize('batch', [3, 0])

@@ -68,10 +68,25 @@ def test_official_baseline_runs_pytorch_convolution_and_separate_layer_scale():
     assert not any('Depthwise' in name or 'Addcmul' in name for name in names)
 
 
+def test_benchmark_backbone_profile_lists_the_costliest_operators():
+    import torch
+    from conftest import load_tool
+    tool = load_tool('benchmark_backbone')
+    conv = torch.nn.Conv2d(3, 8, 3)
+    x = torch.randn(1, 3, 32, 32)
+    table = tool.profile_table(lambda: torch.relu(conv(x)).sum(), torch.device('cpu'), rows=2)
+    lines = [line for line in table.splitlines() if 'aten::' in line]
+    assert len(lines) == 2 and '# of Calls' in table
+    assert 'Self CPU' in table
+
+
 def test_benchmark_backbone_rejects_bad_arguments():
     out = subprocess.run([sys.executable, 'tools/benchmark_backbone.py', '--shapes', '1x4x64x64'],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "shape must be NxCxHxW with C=3, got '1x4x64x64'" in out.stderr
+    out = subprocess.run([sys.executable, 'tools/benchmark_backbone.py', '--profile', '-1'],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and '--profile must be >= 0 operators, got -1' in out.stderr
 
 
 @pytest.mark.parametrize('config,shape,backbone,model', [

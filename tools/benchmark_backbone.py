@@ -3,6 +3,7 @@
     python tools/benchmark_backbone.py [--arch tiny] [--shapes 8x3x224x224 2x3x800x1216]
         [--device cpu|cuda] [--precision fp32 fp16 bf16] [--channels-last off on]
         [--compile off on] [--repeats 10] [--warmup 3] [--peak-size N] [--memory] [--json OUT]
+        [--profile N]
 
 Every implementation gets the same weights (ours, converted) and the same input. For each
 setting, forward (inference, no_grad) and forward+backward (training: sum of the four stage
@@ -27,6 +28,9 @@ training step with and without with_cp: on CUDA the peak allocated above the mod
 CPU, whose allocator keeps no statistics, the bytes of the tensors autograd saves for the
 backward pass, weights excluded (the activations that dominate a training step's peak and
 that with_cp trades for recomputation), counted once per storage through saved-tensor hooks.
+--profile N prints, after each row, the N operators of one profiled step of each
+implementation that took the most time (on CUDA, time on the GPU), with their call counts:
+where the time goes when two implementations differ.
 """
 import argparse
 import copy
@@ -226,6 +230,19 @@ def paired_speed_ratio(ours: list, reference: list) -> float:
     return statistics.median(r / o for r, o in zip(reference, ours))
 
 
+def profile_table(step, device, rows: int) -> str:
+    """The ``rows`` operators of one (warm) step with the most self time on ``device``."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    step()
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    sort_by = 'self_device_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
 def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Tuple[float, List[str]]:
     """The fastest large matrix product on the device, and the kernels timed: ``mm`` and, on a
     CPU with oneDNN for the dtype, also oneDNN's linear kernel (on the AVX-512 CPU of
@@ -318,6 +335,9 @@ def parse_args(argv=None):
                         '(default 2048 on a CPU, 8192 on a GPU)')
     parser.add_argument('--memory', action='store_true', help='also peak memory with/without with_cp')
     parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--profile', type=int, default=0, metavar='N',
+                        help='print the N costliest operators of one step of each '
+                        'implementation after each row')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error(f'--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}')
@@ -325,6 +345,8 @@ def parse_args(argv=None):
         parser.error(f'--device {args.device}: CUDA is not available here')
     if args.device == 'cpu' and 'fp16' in args.precision:
         parser.error('--precision fp16 needs a CUDA device (CPU autocast supports bf16)')
+    if args.profile < 0:
+        parser.error(f'--profile must be >= 0 operators, got {args.profile}')
     if args.peak_size is not None and args.peak_size < 1:
         parser.error(f'--peak-size must be a positive integer, got {args.peak_size}')
     return args
@@ -338,9 +360,10 @@ def main(argv=None):
         f' code, oneDNN linear kernels {"on" if layers.USE_ONEDNN_LINEAR else "off"}')
     print(f'# ConvNeXt-{args.arch} backbone, {name}, torch {torch.__version__}, '
           f'{time.strftime("%Y-%m-%d")}')
-    impls = build_implementations(args.arch)
+    impls = {k: m.to(device) for k, m in build_implementations(args.arch).items()}
+    difference = check_same_outputs(impls, torch.randn(1, 3, 64, 64, device=device))
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
-          f'(fp32, 1x3x64x64): {check_same_outputs(impls, torch.randn(1, 3, 64, 64)):.2e}')
+          f'(fp32, 1x3x64x64, on {device.type}): {difference:.2e}')
     peaks = {}
     for precision in args.precision:
         peaks[precision], kernels = matmul_peak_gflops(device, DTYPES[precision], args.peak_size)
@@ -361,6 +384,11 @@ def main(argv=None):
                         fmt = torch.channels_last if channels_last == 'on' else \
                             torch.contiguous_format
                         x = x_cpu.to(device).to(memory_format=fmt)
+                        if compiled == 'on':
+                            # Fresh caches per setting: compiled models of earlier settings
+                            # would count towards dynamo's recompile limit, past which it
+                            # falls back to eager without an error.
+                            torch.compiler.reset()
                         steps = {}
                         for impl, model in impls.items():
                             model = model.to(device).to(memory_format=fmt)
@@ -392,6 +420,10 @@ def main(argv=None):
                               f'({row["ours_percent_of_peak"]:.0f}%) | '
                               f'{" | ".join(f"{r:.2f}x" for r in ratios.values())} |',
                               flush=True)
+                        for impl in impls if args.profile else ():
+                            print(f'\n{impl}, {row["shape"]} {mode} {precision} channels_last '
+                                  f'{channels_last} compile {compiled}:\n'
+                                  f'{profile_table(steps[impl], device, args.profile)}')
     memory = []
     if args.memory:
         what = 'peak allocated in a training step' if device.type == 'cuda' else \

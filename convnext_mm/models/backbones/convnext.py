@@ -34,21 +34,23 @@ class ConvNeXtBlock(nn.Module):
     are views, so a channels_last input stays channels_last through the block without a copy.
 
     The block creates as few full-size tensors as it can (7 channel-widths per block in
-    inference instead of the reference's 13, 11 instead of 13 in training): the layer scale
-    is folded into ``pwconv2`` (fp32/fp64 only: in half precision a 1e-6 scale times the
-    weights underflows), GELU runs in place when autograd keeps nothing, and the shortcut is
-    added in place. New large tensors are the expensive part on the CPU, where each one is
-    fresh memory that the kernel has to map and zero. On the CPU the depthwise convolution
-    also has a faster backward pass (``DepthwiseConv2d``), and in fp32 eager inference, where
-    the hidden tensor is large, the LayerNorm and the MLP run in row chunks written over the
-    depthwise convolution's output (``_chunked_tail``). Where oneDNN's linear kernels pay
-    (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen stages) Linear+GELU and
-    Linear+add each run as one oneDNN kernel (``onednn_inference``), and in fp32 training the
-    Linear layers run oneDNN's kernel, which adds the bias and the shortcut inside the
-    product, forward and for the input gradient (``onednn_linear``), in eager mode and under
-    ``torch.compile``. Elsewhere fp32 eager CPU training runs Linear -> GELU -> Linear as one
-    autograd function whose backward writes its hidden-sized gradients over the GELU output it
-    saved (``mlp_training``). Same outputs and gradients up to float rounding.
+    inference instead of the reference's 13, 11 instead of 13 in training): on the CPU the
+    layer scale is folded into ``pwconv2`` (fp32/fp64 only: in half precision a 1e-6 scale
+    times the weights underflows), GELU runs in place when autograd keeps nothing, and the
+    shortcut is added in place. New large tensors are the expensive part on the CPU, where
+    each one is fresh memory that the kernel has to map and zero. On a GPU the block runs the
+    plain layers, the scale and the shortcut as one ``addcmul`` (``_plain_tail``). On the
+    CPU the depthwise convolution also has a faster backward pass (``DepthwiseConv2d``), and
+    in fp32 eager inference, where the hidden tensor is large, the LayerNorm and the MLP run
+    in row chunks written over the depthwise convolution's output (``_chunked_tail``). Where
+    oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen
+    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
+    and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
+    shortcut inside the product, forward and for the input gradient (``onednn_linear``), in
+    eager mode and under ``torch.compile``. Elsewhere fp32 eager CPU training runs Linear ->
+    GELU -> Linear as one autograd function whose backward writes its hidden-sized gradients
+    over the GELU output it saved (``mlp_training``). Same outputs and gradients up to float
+    rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -74,6 +76,8 @@ class ConvNeXtBlock(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
         shortcut = x.permute(0, 2, 3, 1)
+        if not y.is_cpu:
+            return self._plain_tail(y, shortcut).permute(0, 3, 1, 2)
         if self._in_chunks(y, shortcut):
             return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
         y = self.norm(y)
@@ -91,6 +95,16 @@ class ConvNeXtBlock(nn.Module):
         if self.grn is not None:
             y = self.grn(y)
         return self._add_residual(shortcut, y).permute(0, 3, 1, 2)
+
+    def _plain_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """The tail after the depthwise convolution on a GPU (NHWC): the reference's layers,
+        without the CPU paths' checks (at small batches a GPU waits for the Python time they
+        take), the layer scale applied in the shortcut add (``_scaled_add``)."""
+        y = self.pwconv1(self.norm(y))
+        y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
+        if self.grn is not None:
+            y = self.grn(y)
+        return self._scaled_add(shortcut, self.pwconv2(y), self.gamma)
 
     @property
     def _drop_path_active(self) -> bool:
@@ -128,8 +142,10 @@ class ConvNeXtBlock(nn.Module):
     def _pwconv2_folded(self, y: torch.Tensor):
         """pwconv2's weight and bias with the layer scale folded in where that is exact
         enough (fp32/fp64) and saves a pass over the output, and the scale left to apply (None
-        once folded). Not in compiled inference on the plain layers, where inductor fuses the
-        scale into the shortcut add and folding would only add a product per call."""
+        once folded). CPU paths only: on a GPU the pass saved costs less than launching the two
+        products (``_plain_tail``). Not in compiled inference on the plain layers, where
+        inductor fuses the scale into the shortcut add and folding would only add a product
+        per call."""
         scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
         compiled_plain_inference = (torch.compiler.is_compiling() and not torch.is_grad_enabled()
                                     and not onednn_inference(y))
@@ -162,9 +178,14 @@ class ConvNeXtBlock(nn.Module):
             factor = stochastic_depth_factor(branch, self.drop_path_rate)
             scale = factor if scale is None else scale * factor
         if scale is not None:
-            return torch.addcmul(shortcut, branch, scale)
-        if branch.dtype != shortcut.dtype:  # autocast: keep the reference's type promotion
-            return shortcut + branch
+            if branch.dtype == shortcut.dtype == scale.dtype:
+                return torch.addcmul(shortcut, branch, scale)
+            # Autocast (half branch, fp32 scale): addcmul would first copy its inputs to one
+            # type; the product reads the half branch as it is and gives fp32, as the
+            # reference's `gamma * x` does.
+            branch = branch * scale
+        if branch.dtype != torch.promote_types(branch.dtype, shortcut.dtype):
+            return shortcut + branch  # keep the reference's type promotion
         return branch.add_(shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

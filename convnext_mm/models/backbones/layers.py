@@ -11,13 +11,15 @@ class LayerNorm2d(nn.LayerNorm):
 
     The tensor is viewed as NHWC (a permute, no copy for channels_last input)
     so that PyTorch's fused ``layer_norm`` kernel does the work instead of a
-    hand-written mean/variance. Half-precision input is normalised in fp32 and
-    cast back, so fp16/bf16 runs stay numerically safe with or without autocast.
+    hand-written mean/variance. Under autocast ``layer_norm`` runs in fp32 and
+    returns fp32, as in the reference implementations; a model cast to half
+    precision (no autocast) normalises in fp32 too and casts the result back.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)
-        if x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(
+                x.device.type):
             y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
                              self.bias.float(), self.eps).to(x.dtype)
         else:
