@@ -96,6 +96,29 @@ def test_matches_torchvision(tmp_path, suffix):
     assert_matches_reference(ours, reference_outs, x)
 
 
+def step_against_timm(ours, reference, x, autocast_dtype=None):
+    """One training step of ours and of timm's ``reference`` on ``x`` (stochastic depth drawn
+    from the same seed; under autocast to ``autocast_dtype`` if given): the pairs (ours,
+    timm's) of stage outputs, and of gradients by our parameter name."""
+    from convnext_mm.checkpoint.formats import convnext_mm_key
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        torch.manual_seed(7)
+        ours_outs = ours(x)
+        torch.manual_seed(7)
+        reference_outs = [layer_norm_nchw(out, getattr(ours, f'norm{i}'))
+                          for i, out in enumerate(timm_stage_outputs(reference, x))]
+    weights = [torch.randn_like(out) for out in ours_outs]
+    for outs in (ours_outs, reference_outs):
+        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+    ours_params = dict(ours.named_parameters())
+    grads = {}
+    for name, param in reference.named_parameters():
+        key = convnext_mm_key(name, 'timm')
+        if key in ours_params:
+            grads[key] = ours_params[key].grad, param.grad.reshape(ours_params[key].shape)
+    return list(zip(ours_outs, reference_outs)), grads
+
+
 @pytest.mark.parametrize('timm_name,kwargs,drop_path_rate,memory_format', [
     ('convnext_tiny', dict(arch='tiny'), 0., torch.contiguous_format),
     ('convnext_tiny', dict(arch='tiny'), 0.3, torch.channels_last),
@@ -104,31 +127,17 @@ def test_matches_torchvision(tmp_path, suffix):
 def test_training_step_matches_timm(tmp_path, timm_name, kwargs, drop_path_rate, memory_format):
     """Outputs and every gradient of a training step (stochastic depth drawn from the same
     seed) equal timm's: checks the fused block tail and the depthwise-convolution backward."""
-    from convnext_mm.checkpoint.formats import convnext_mm_key
     reference = randomize_(timm.create_model(timm_name, drop_path_rate=drop_path_rate)).train()
     ours = load_into_ours(tmp_path, reference.state_dict(), drop_path_rate=drop_path_rate,
                           **kwargs).train()
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
-    torch.manual_seed(7)
-    ours_outs = ours(x)
-    torch.manual_seed(7)
-    reference_outs = [layer_norm_nchw(out, getattr(ours, f'norm{i}'))
-                      for i, out in enumerate(timm_stage_outputs(reference, x))]
-    weights = [torch.randn_like(out) for out in ours_outs]
-    for outs in (ours_outs, reference_outs):
-        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
-    for out, expected in zip(ours_outs, reference_outs):
+    outs, grads = step_against_timm(ours, reference, x)
+    for out, expected in outs:
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-    ours_params = dict(ours.named_parameters())
-    compared = 0
-    for name, param in reference.named_parameters():
-        key = convnext_mm_key(name, 'timm')
-        if key in ours_params:
-            grad = ours_params[key].grad
-            torch.testing.assert_close(grad, param.grad.reshape(grad.shape), rtol=1e-4,
-                                       atol=1e-4 * param.grad.abs().max().item(), msg=key)
-            compared += 1
-    assert compared == len([n for n in ours_params if not n.startswith('norm')])
+    for key, (grad, expected) in grads.items():
+        torch.testing.assert_close(grad, expected, rtol=1e-4,
+                                   atol=1e-4 * expected.abs().max().item(), msg=key)
+    assert len(grads) == len([n for n, _ in ours.named_parameters() if not n.startswith('norm')])
 
 
 @pytest.mark.parametrize('use_grn', [False, True])
@@ -153,30 +162,19 @@ def autocast_step_matches_timm(tmp_path, device, dtype, memory_format, ulps=0.):
     kernels for other strides, within ``ulps`` of ``dtype`` times the largest value.
     Shared with tests/test_cuda.py."""
     eps = ulps * torch.finfo(dtype).eps
-    from convnext_mm.checkpoint.formats import convnext_mm_key
     reference = randomize_(timm.create_model('convnext_atto')).to(device).train()
     ours = load_into_ours(tmp_path, reference.state_dict(), arch='atto').to(device).train()
     x = torch.randn(2, 3, 64, 96, device=device).contiguous(memory_format=memory_format)
-    with torch.autocast(device.type, dtype=dtype):
-        ours_outs = ours(x)
-        reference_outs = [layer_norm_nchw(out, getattr(ours, f'norm{i}'))
-                          for i, out in enumerate(timm_stage_outputs(reference, x))]
-    weights = [torch.randn_like(out) for out in ours_outs]
-    for outs in (ours_outs, reference_outs):
-        sum((out * w).sum() for out, w in zip(outs, weights)).backward()
-    for out, expected in zip(ours_outs, reference_outs):
+    outs, grads = step_against_timm(ours, reference, x, autocast_dtype=dtype)
+    for out, expected in outs:
         assert out.dtype == expected.dtype == torch.float32
         torch.testing.assert_close(out, expected, rtol=1e-4,
                                    atol=max(1e-4, eps * expected.abs().max().item()))
-    ours_params = dict(ours.named_parameters())
-    for name, param in reference.named_parameters():
-        key = convnext_mm_key(name, 'timm')
-        if key in ours_params:
-            grad = ours_params[key].grad
-            # half-precision products: a different summation order moves a result by an ulp
-            torch.testing.assert_close(grad, param.grad.reshape(grad.shape), rtol=1e-2,
-                                       atol=max(1e-2, 2 * eps) * param.grad.abs().max().item(),
-                                       msg=key)
+    for key, (grad, expected) in grads.items():
+        # half-precision products: a different summation order moves a result by an ulp
+        torch.testing.assert_close(grad, expected, rtol=1e-2,
+                                   atol=max(1e-2, 2 * eps) * expected.abs().max().item(),
+                                   msg=key)
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
