@@ -391,7 +391,7 @@ def main(argv=None):
                             torch.compiler.reset()
                         steps = {}
                         for impl, model in impls.items():
-                            model = model.to(device).to(memory_format=fmt)
+                            model = model.to(memory_format=fmt)
                             model.train(mode == 'train')
                             if compiled == 'on':
                                 # Static sizes: with dynamic ones (after a second shape)
