@@ -412,41 +412,83 @@ def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
     assert calls == [(0, 2 * sum(model.depths)), (0, 0)]
 
 
+def chunk_the_mlp(monkeypatch):
+    """Every training MLP recomputes its GELU output, in chunks of 100 rows of stage 0's hidden
+    tensor (atto: 160 wide), so that an input of 2x3x64x96 makes several chunks and a partial
+    last one in each stage but the last."""
+    monkeypatch.setattr(layers, 'MLP_RECOMPUTE_ABOVE_NUMEL', 0)
+    monkeypatch.setattr(layers, 'MLP_TRAINING_CHUNK_NUMEL', 100 * 160)
+
+
 @pytest.mark.usefixtures('plain_linear')
+@pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
 @pytest.mark.parametrize('drop_path_rate,memory_format,frozen_stages,input_grad', [
     (0., torch.contiguous_format, -1, True),
     (0.4, torch.channels_last, 1, False),
 ])
 def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
-        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad):
+        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad, chunked):
     """With PyTorch's products, fp32 CPU training runs the MLP of each block that autograd
-    records (frozen blocks only for an input gradient) as one autograd function whose backward
-    writes the hidden gradients over its saved GELU output (the graph is not kept); outputs
-    and gradients are the plain layers'."""
+    records (frozen blocks only for an input gradient) as one autograd function. Its backward
+    writes the hidden gradients over its saved GELU output (the graph is not kept) or, above
+    ``MLP_RECOMPUTE_ABOVE_NUMEL`` hidden values, recomputes GELU chunk by chunk; outputs and
+    gradients are the plain layers'."""
     import convnext_mm.models.backbones.convnext as convnext_module
+    if chunked:
+        chunk_the_mlp(monkeypatch)
     model = randomize_(ConvNeXt('atto', drop_path_rate=drop_path_rate,
                                 frozen_stages=frozen_stages)).train()
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
     x.requires_grad_(input_grad)
-    mlp_calls, graph_kept = [], []
+    mlp_calls, graph_kept, chunked_backwards = [], [], []
     monkeypatch.setattr(convnext_module, 'mlp_training',
                         lambda *args: mlp_calls.append(1) or layers.mlp_training(*args))
     monkeypatch.setattr(layers, '_graph_kept',
                         lambda real=layers._graph_kept: graph_kept.append(real()) or real())
+    monkeypatch.setattr(layers, '_chunked_backward',
+                        lambda *args, real=layers._chunked_backward:
+                        chunked_backwards.append(1) or real(*args))
     step_with_and_without(monkeypatch, model, x, 'plain_cpu_training')
     recorded_blocks = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
-    assert len(mlp_calls) == recorded_blocks and graph_kept == [False] * recorded_blocks
+    assert len(mlp_calls) == recorded_blocks
+    if chunked:
+        assert graph_kept == [] and len(chunked_backwards) == recorded_blocks
+    else:
+        assert graph_kept == [False] * recorded_blocks and chunked_backwards == []
 
 
 @pytest.mark.usefixtures('plain_linear')
+def test_chunked_training_mlp_does_not_keep_the_gelu_output(monkeypatch):
+    """Recomputing GELU saves, for backward, one hidden-sized (4C) tensor less per block."""
+    model = randomize_(ConvNeXt('atto')).train()
+    x = torch.randn(2, 3, 64, 96)
+
+    def saved_values():
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.numel()) or t, lambda t: t):
+            outs = model(x)
+        return sum(saved), outs
+
+    kept, outs = saved_values()
+    chunk_the_mlp(monkeypatch)
+    chunked, _ = saved_values()
+    gelu_outputs = sum(4 * depth * out.numel() for depth, out in zip(model.depths, outs))
+    assert kept - chunked == gelu_outputs
+
+
+@pytest.mark.usefixtures('plain_linear')
+@pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
 @pytest.mark.parametrize('second_pass', ['retain_graph', 'create_graph'])
-def test_plain_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass):
+def test_plain_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass, chunked):
     """A second backward pass through a kept graph, and a backward through the gradients,
     give the plain layers' gradients: the MLP function overwrites nothing it saved then."""
     import convnext_mm.models.backbones.convnext as convnext_module
+    if chunked:
+        chunk_the_mlp(monkeypatch)
     model = randomize_(ConvNeXt('atto')).train()
     params = list(model.parameters())
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(1, 3, 64, 96)
 
     def gradients():
         model.zero_grad(set_to_none=True)

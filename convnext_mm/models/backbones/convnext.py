@@ -49,7 +49,8 @@ class ConvNeXtBlock(nn.Module):
     shortcut inside the product, forward and for the input gradient (``onednn_linear``), in
     eager mode and under ``torch.compile``. Elsewhere fp32 eager CPU training runs Linear ->
     GELU -> Linear as one autograd function whose backward writes its hidden-sized gradients
-    over the GELU output it saved (``mlp_training``). Same outputs and gradients up to float
+    over the GELU output it saved or, for a large hidden tensor, keeps no GELU output and
+    computes it again chunk by chunk (``mlp_training``). Same outputs and gradients up to float
     rounding.
     """
 

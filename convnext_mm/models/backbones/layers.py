@@ -193,30 +193,44 @@ def _graph_kept() -> bool:
     return True if keep_graph is None else keep_graph()
 
 
+# Above this many values (32 MiB, where glibc maps fresh pages for every allocation) the
+# training MLP does not keep its GELU output: the forward and the backward compute it again in
+# chunks of about MLP_TRAINING_CHUNK_NUMEL values (8 MiB), which stay in cache.
+MLP_RECOMPUTE_ABOVE_NUMEL = 2 ** 23
+MLP_TRAINING_CHUNK_NUMEL = 2 ** 21
+
+
 class _MLPFunction(torch.autograd.Function):
     """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)`` on 2-D ``x`` whose
     backward makes no new hidden-sized (4C-wide) tensor.
 
     PyTorch's backward of these layers makes two: the gradient of GELU's output (a product)
     and of its input (``gelu_backward``). On the CPU each is fresh memory that the kernel maps
-    and zeroes (over 32 MiB glibc maps new pages for every allocation). Here both are written
-    over the GELU output this function saved, which nothing else holds and which is dead once
-    pwconv2's weight gradient is computed. Not when the graph is kept for another backward
-    pass (``retain_graph``): then new tensors, as PyTorch makes them; nor when the backward is
-    differentiated (``create_graph``): then the gradients of a recomputed forward, since the
-    tensors made in ``forward`` carry no graph.
+    and zeroes (over 32 MiB glibc maps new pages for every allocation). Here a small hidden
+    tensor's gradients are written over the GELU output this function saved, which nothing
+    else holds and which is dead once pwconv2's weight gradient is computed; not when the graph
+    is kept for another backward pass (``retain_graph``): then new tensors, as PyTorch makes
+    them. A large hidden tensor's GELU output is not kept at all: the forward and the backward
+    run GELU and everything after it in row chunks (``_chunked_forward``,
+    ``_chunked_backward``), which also saves a hidden-sized tensor of memory per block. When the
+    backward is differentiated (``create_graph``): the gradients of a recomputed forward, since
+    the tensors made in ``forward`` carry no graph.
     """
 
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2):
         hidden = torch.addmm(bias1, x, weight1.t())
+        ctx.chunked = hidden.numel() > MLP_RECOMPUTE_ABOVE_NUMEL
+        if ctx.chunked:
+            ctx.save_for_backward(x, weight1, bias1, weight2, hidden)
+            return _chunked_forward(hidden, weight2, bias2)
         activation = F.gelu(hidden)
         ctx.save_for_backward(x, weight1, bias1, weight2, hidden, activation)
         return torch.addmm(bias2, activation, weight2.t())
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight1, bias1, weight2, hidden, activation = ctx.saved_tensors
+        x, weight1, bias1, weight2, hidden, *activation = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_bias2 = grad.sum(0) if needs[4] else None
         if torch.is_grad_enabled():
@@ -229,6 +243,9 @@ class _MLPFunction(torch.autograd.Function):
                 for i, found_grad in zip(wanted, found):
                     grads[i] = found_grad
             return (*grads, grad_bias2)
+        if ctx.chunked:
+            return (*_chunked_backward(grad, x, weight1, weight2, hidden, needs), grad_bias2)
+        activation, = activation
         grad_weight2 = grad.t().mm(activation) if needs[3] else None
         if _graph_kept():
             grad_hidden = torch.ops.aten.gelu_backward(grad.mm(weight2), hidden)
@@ -239,6 +256,48 @@ class _MLPFunction(torch.autograd.Function):
         grad_weight1 = grad_hidden.t().mm(x) if needs[1] else None
         grad_bias1 = grad_hidden.sum(0) if needs[2] else None
         return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2
+
+
+def _row_chunks(hidden: torch.Tensor):
+    """Slices of about ``MLP_TRAINING_CHUNK_NUMEL`` values of ``hidden``'s rows, with one
+    reused buffer the size of a chunk."""
+    rows = max(1, MLP_TRAINING_CHUNK_NUMEL // hidden.shape[1])
+    buffer = hidden.new_empty(min(rows, hidden.shape[0]), hidden.shape[1])
+    for start in range(0, hidden.shape[0], rows):
+        chunk = slice(start, start + rows)
+        yield chunk, buffer[:hidden[chunk].shape[0]]
+
+
+def _chunked_forward(hidden, weight2, bias2):
+    out = hidden.new_empty(hidden.shape[0], weight2.shape[0])
+    for chunk, buffer in _row_chunks(hidden):
+        activation = torch.ops.aten.gelu.out(hidden[chunk], out=buffer)
+        torch.addmm(bias2, activation, weight2.t(), out=out[chunk])
+    return out
+
+
+def _chunked_backward(grad, x, weight1, weight2, hidden, needs):
+    """The gradients of ``_MLPFunction`` (all but pwconv2's bias) chunk by chunk: GELU's output
+    again for pwconv2's weight gradient, then the hidden gradient in the same buffer; the weight
+    gradients summed over the chunks."""
+    grad_x = torch.empty_like(x) if needs[0] else None
+    grad_weight1 = torch.zeros_like(weight1) if needs[1] else None
+    grad_bias1 = hidden.new_zeros(hidden.shape[1]) if needs[2] else None
+    grad_weight2 = torch.zeros_like(weight2) if needs[3] else None
+    for chunk, buffer in _row_chunks(hidden):
+        if grad_weight2 is not None:
+            activation = torch.ops.aten.gelu.out(hidden[chunk], out=buffer)
+            grad_weight2.addmm_(grad[chunk].t(), activation)
+        grad_hidden = torch.mm(grad[chunk], weight2, out=buffer)
+        torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden[chunk],
+                                                grad_input=grad_hidden)
+        if grad_x is not None:
+            torch.mm(grad_hidden, weight1, out=grad_x[chunk])
+        if grad_weight1 is not None:
+            grad_weight1.addmm_(grad_hidden.t(), x[chunk])
+        if grad_bias1 is not None:
+            grad_bias1.add_(grad_hidden.sum(0))
+    return grad_x, grad_weight1, grad_bias1, grad_weight2
 
 
 def mlp_training(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
