@@ -416,7 +416,7 @@ def chunk_the_mlp(monkeypatch):
     """Every training MLP recomputes its GELU output, in chunks of 100 rows of stage 0's hidden
     tensor (atto: 160 wide), so that an input of 2x3x64x96 makes several chunks and a partial
     last one in each stage but the last."""
-    monkeypatch.setattr(layers, 'MLP_RECOMPUTE_ABOVE_NUMEL', 0)
+    monkeypatch.setattr(layers, 'MLP_CHUNK_ABOVE_NUMEL', 0)
     monkeypatch.setattr(layers, 'MLP_TRAINING_CHUNK_NUMEL', 100 * 160)
 
 
@@ -431,7 +431,7 @@ def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
     """With PyTorch's products, fp32 CPU training runs the MLP of each block that autograd
     records (frozen blocks only for an input gradient) as one autograd function. Its backward
     writes the hidden gradients over its saved GELU output (the graph is not kept) or, above
-    ``MLP_RECOMPUTE_ABOVE_NUMEL`` hidden values, recomputes GELU chunk by chunk; outputs and
+    ``MLP_CHUNK_ABOVE_NUMEL`` hidden values, recomputes GELU chunk by chunk; outputs and
     gradients are the plain layers'."""
     import convnext_mm.models.backbones.convnext as convnext_module
     if chunked:

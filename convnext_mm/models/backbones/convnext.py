@@ -11,19 +11,17 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
-from .layers import (GRN, DepthwiseConv2d, LayerNorm2d, cpu_inference, linear, linear_gelu,
-                     mlp_training, onednn_inference, onednn_linear, onednn_training,
-                     plain_cpu_training, stochastic_depth_factor)
+from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, cpu_inference,
+                     linear, linear_gelu, mlp_training, onednn_inference, onednn_linear,
+                     onednn_training, plain_cpu_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
 # Eager fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels) once
-# its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values (32 MiB, above which
-# glibc maps fresh pages for every allocation): each chunk's hidden tensor is reused memory
-# that is still in cache when pwconv2 reads it, with oneDNN's kernels or PyTorch's. 4096 rows
-# was the fastest chunk for C = 96-512 on a 2-core EPYC (fewer rows pay oneDNN's per-call
-# weight reorder more often).
-MLP_CHUNK_ABOVE_NUMEL = 2 ** 23
+# its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values (layers.py): each
+# chunk's hidden tensor is reused memory that is still in cache when pwconv2 reads it, with
+# oneDNN's kernels or PyTorch's. 4096 rows was the fastest chunk for C = 96-512 on a 2-core
+# EPYC (fewer rows pay oneDNN's per-call weight reorder more often).
 MLP_CHUNK_ROWS = 4096
 
 

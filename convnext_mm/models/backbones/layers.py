@@ -193,10 +193,11 @@ def _graph_kept() -> bool:
     return True if keep_graph is None else keep_graph()
 
 
-# Above this many values (32 MiB, where glibc maps fresh pages for every allocation) the
-# training MLP does not keep its GELU output: the forward and the backward compute it again in
-# chunks of about MLP_TRAINING_CHUNK_NUMEL values (8 MiB), which stay in cache.
-MLP_RECOMPUTE_ABOVE_NUMEL = 2 ** 23
+# A block's hidden (4C-wide) tensor above this many values (32 MiB, where glibc maps fresh
+# pages for every allocation) is not made whole on the CPU: eager inference runs the block's
+# tail in row chunks (convnext.py), and the training MLP keeps no GELU output, computing it
+# again in chunks of about MLP_TRAINING_CHUNK_NUMEL values (8 MiB), which stay in cache.
+MLP_CHUNK_ABOVE_NUMEL = 2 ** 23
 MLP_TRAINING_CHUNK_NUMEL = 2 ** 21
 
 
@@ -220,7 +221,7 @@ class _MLPFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2):
         hidden = torch.addmm(bias1, x, weight1.t())
-        ctx.chunked = hidden.numel() > MLP_RECOMPUTE_ABOVE_NUMEL
+        ctx.chunked = hidden.numel() > MLP_CHUNK_ABOVE_NUMEL
         if ctx.chunked:
             ctx.save_for_backward(x, weight1, bias1, weight2, hidden)
             return _chunked_forward(hidden, weight2, bias2)
