@@ -312,29 +312,36 @@ def count_mlp_products(fn, onednn):
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
+def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
         monkeypatch, memory_format, onednn):
-    """Where a block's hidden tensor exceeds MLP_CHUNK_ABOVE_NUMEL values, eager inference
-    runs its LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last chunk shorter), writing
-    over the depthwise convolution's output, never over the block's input, with oneDNN's
-    kernels or PyTorch's; outputs equal the unchunked run's. Not with autograd, and not where
-    stochastic depth applies."""
+    """Eager inference runs a block's LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last
+    chunk shorter), writing over the depthwise convolution's output, never over the block's
+    input: on PyTorch's products in every block, on oneDNN's kernels where the block's hidden
+    tensor exceeds MLP_CHUNK_ABOVE_NUMEL values. Outputs equal the unchunked layers'. Not with
+    autograd, and not where stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
-    rows, hidden = 2 * 16 * 24, 4 * model.out_channels[0]  # stage 0: 768 rows, 160 wide
+    stage_rows = [2 * 16 * 24 // 4**i for i in range(4)]  # 768, 192, 48, 12
+    hidden = 4 * model.out_channels[0]
     chunk_rows, blocks = 100, sum(model.depths)
+    chunking = {'on': False}
+    monkeypatch.setattr(ConvNeXtBlock, '_in_chunks',
+                        lambda self, *args, real=ConvNeXtBlock._in_chunks:
+                        chunking['on'] and real(self, *args))
+    # stage 0 (768 x 160 hidden values, one over the threshold) is chunked on oneDNN's kernels,
+    # stage 1 (192 x 320, half of it) is not
+    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', stage_rows[0] * hidden - 1)
+    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', chunk_rows)
     with torch.no_grad():
         *unchunked_calls, expected = count_mlp_products(lambda: model(x), onednn)
-        # stage 0 (768 x 160 hidden values, one over the threshold) is chunked, stage 1
-        # (192 x 320, half of it) is not
-        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', rows * hidden - 1)
-        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', chunk_rows)
+        chunking['on'] = True
         *chunked_calls, outs = count_mlp_products(lambda: model(x), onednn)
     assert unchunked_calls == [blocks, blocks]
-    chunks = -(-rows // chunk_rows)  # 8, the last of 68 rows
-    stage0 = model.depths[0]
-    assert chunked_calls == [blocks + stage0 * (chunks - 1)] * 2
+    chunks = [-(-rows // chunk_rows) for rows in stage_rows]  # 8 (the last of 68 rows), 2, 1, 1
+    chunked_stages = 1 if onednn else 4
+    extra_calls = sum(depth * (n - 1) for depth, n in zip(model.depths[:chunked_stages], chunks))
+    assert chunked_calls == [blocks + extra_calls] * 2
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     *with_grad_calls, _ = count_mlp_products(lambda: model(x), onednn)
@@ -343,15 +350,15 @@ def test_large_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     drop_path_model = ConvNeXt('atto', drop_path_rate=0.5).train()
     with torch.no_grad():
         *drop_path_calls, _ = count_mlp_products(lambda: drop_path_model(x), onednn)
-    assert drop_path_calls == ([blocks + chunks - 1, chunks] if onednn else
-                               [blocks + chunks - 1] * 2)
+    assert drop_path_calls == ([blocks + chunks[0] - 1, chunks[0]] if onednn else
+                               [blocks + chunks[0] - 1] * 2)
     # a block called on its own: the chunked result, and its input left as it was
     block = model.stages[0][0]
     block_input = torch.randn(2, 40, 16, 24).to(memory_format=torch.channels_last)
     untouched = block_input.clone()
     with torch.no_grad():
         chunked = block(block_input)
-        monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', rows * hidden)
+        chunking['on'] = False
         torch.testing.assert_close(chunked, block(block_input), rtol=1e-6, atol=1e-6)
     assert torch.equal(block_input, untouched)
 
@@ -384,12 +391,13 @@ def step_with_and_without(monkeypatch, model, x, fast_path):
 def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(monkeypatch):
     """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
     take the fused kernels; outputs and the gradients of the trained stages are those of the
-    plain layers."""
+    plain layers. Without the fused kernels the frozen blocks run PyTorch's products (as
+    eager inference does, in row chunks), the trained ones oneDNN's training kernel."""
     model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
     calls = step_with_and_without(monkeypatch, model, torch.randn(2, 3, 64, 64),
                                   'onednn_inference')
     frozen, trained = model.depths[0] + model.depths[1], model.depths[2] + model.depths[3]
-    assert calls == [(frozen, frozen + 2 * trained), (0, 2 * (frozen + trained))]
+    assert calls == [(frozen, frozen + 2 * trained), (0, 2 * trained)]
 
 
 @pytest.mark.usefixtures('onednn_linear')
