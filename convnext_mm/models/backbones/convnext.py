@@ -13,7 +13,7 @@ from mmengine.registry import MODELS
 from ...checkpoint import load_pretrained
 from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, cpu_inference,
                      linear, linear_gelu, mlp_training, onednn_inference, onednn_linear,
-                     onednn_training, plain_cpu_training, stochastic_depth_factor)
+                     onednn_training, plain_cpu_training, row_chunks, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -132,18 +132,15 @@ class ConvNeXtBlock(nn.Module):
         use_onednn = onednn_inference(y)
         channels = y.shape[-1]
         rows, shortcut_rows = y.view(-1, channels), shortcut.reshape(-1, channels)
-        if not use_onednn:
-            hidden_buffer = y.new_empty(min(MLP_CHUNK_ROWS, rows.shape[0]),
-                                        self.pwconv1.out_features)
-        for start in range(0, rows.shape[0], MLP_CHUNK_ROWS):
-            chunk = slice(start, start + MLP_CHUNK_ROWS)
+        buffer_width = None if use_onednn else self.pwconv1.out_features
+        for chunk, hidden_buffer in row_chunks(rows.shape[0], MLP_CHUNK_ROWS, buffer_width, y):
             normed = self.norm(rows[chunk])
             if use_onednn:
                 hidden = linear_gelu(normed, self.pwconv1.weight, self.pwconv1.bias)
                 rows[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
             else:
                 hidden = torch.addmm(self.pwconv1.bias, normed, self.pwconv1.weight.t(),
-                                     out=hidden_buffer[:normed.shape[0]])
+                                     out=hidden_buffer)
                 torch.addmm(bias, torch.ops.aten.gelu_(hidden), weight.t(), out=rows[chunk])
                 rows[chunk].add_(shortcut_rows[chunk])
         return y

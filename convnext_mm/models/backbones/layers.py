@@ -260,14 +260,22 @@ class _MLPFunction(torch.autograd.Function):
         return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2
 
 
+def row_chunks(num_rows: int, chunk_rows: int, buffer_width: Optional[int],
+               like: torch.Tensor):
+    """Slices of ``chunk_rows`` of ``num_rows`` rows (the last one shorter), each with as many
+    rows of one buffer, ``buffer_width`` values wide, of ``like``'s type and device, which
+    every chunk reuses (None for no width)."""
+    buffer = None if buffer_width is None else like.new_empty(min(chunk_rows, num_rows),
+                                                              buffer_width)
+    for start in range(0, num_rows, chunk_rows):
+        stop = min(start + chunk_rows, num_rows)
+        yield slice(start, stop), None if buffer is None else buffer[:stop - start]
+
+
 def _row_chunks(hidden: torch.Tensor):
-    """Slices of about ``MLP_TRAINING_CHUNK_NUMEL`` values of ``hidden``'s rows, with one
-    reused buffer the size of a chunk."""
-    rows = max(1, MLP_TRAINING_CHUNK_NUMEL // hidden.shape[1])
-    buffer = hidden.new_empty(min(rows, hidden.shape[0]), hidden.shape[1])
-    for start in range(0, hidden.shape[0], rows):
-        chunk = slice(start, start + rows)
-        yield chunk, buffer[:hidden[chunk].shape[0]]
+    """``row_chunks`` of about ``MLP_TRAINING_CHUNK_NUMEL`` values of ``hidden``'s rows."""
+    rows, width = hidden.shape
+    return row_chunks(rows, max(1, MLP_TRAINING_CHUNK_NUMEL // width), width, hidden)
 
 
 def _chunked_forward(hidden, weight2, bias2):
