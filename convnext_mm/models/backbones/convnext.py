@@ -12,15 +12,15 @@ from mmengine.registry import MODELS
 
 from ...checkpoint import load_pretrained
 from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, cpu_inference,
-                     linear, linear_gelu, mlp_training, onednn_inference, onednn_linear,
-                     onednn_training, plain_cpu_training, row_chunks, stochastic_depth_factor)
+                     inference_tail_, linear_gelu, mlp_training, onednn_inference, onednn_linear,
+                     onednn_training, plain_cpu_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
-# Eager fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels), on
-# oneDNN's kernels once its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values
-# (layers.py), on PyTorch's products always: each chunk's hidden tensor is reused memory that
-# is still in cache when pwconv2 reads it. 4096 rows was the fastest chunk for C = 96-512 on
+# fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels), on oneDNN's
+# kernels in eager mode once its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL
+# values (layers.py), on PyTorch's products always: each chunk's hidden tensor is reused memory
+# that is still in cache when pwconv2 reads it. 4096 rows was the fastest chunk for C = 96-512 on
 # a 2-core EPYC (fewer rows pay oneDNN's per-call weight reorder more often).
 MLP_CHUNK_ROWS = 4096
 
@@ -33,19 +33,20 @@ class ConvNeXtBlock(nn.Module):
 
     The block creates as few full-size tensors as it can (7 channel-widths per block in
     unchunked inference instead of the reference's 13, one in chunked inference, 11 instead of
-    13 in training): on the CPU the layer scale is folded into ``pwconv2`` (fp32/fp64 only: in
-    half precision a 1e-6 scale times the weights underflows), GELU runs in place when autograd
-    keeps nothing, and the shortcut is added in place. New large tensors are the expensive part
-    on the CPU, where each one is fresh memory that the kernel has to map and zero. On a GPU the
-    block runs the plain layers, the scale and the shortcut as one ``addcmul``
-    (``_plain_tail``). On the CPU the depthwise convolution also has a faster backward pass
-    (``DepthwiseConv2d``), and in fp32 eager inference the LayerNorm and the MLP run in row
-    chunks written over the depthwise convolution's output (``_chunked_tail``; on oneDNN's
-    kernels only where the hidden tensor is large). Where oneDNN's linear kernels pay
-    (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen stages) Linear+GELU and Linear+add
-    each run as one oneDNN kernel (``onednn_inference``), and in fp32 training the Linear layers
-    run oneDNN's kernel, which adds the bias and the shortcut inside the product, forward and
-    for the input gradient (``onednn_linear``), in eager mode and under ``torch.compile``.
+    13 in training): on the CPU the layer scale is folded into ``pwconv2`` outside the chunked
+    tail (fp32/fp64 only: in half precision a 1e-6 scale times the weights underflows), GELU
+    runs in place when autograd keeps nothing, and the shortcut is added in place. New large
+    tensors are the expensive part on the CPU, where each one is fresh memory that the kernel
+    has to map and zero. On a GPU the block runs the plain layers, the scale and the shortcut as
+    one ``addcmul`` (``_plain_tail``). On the CPU the depthwise convolution also has a faster
+    backward pass (``DepthwiseConv2d``), and in fp32 inference the LayerNorm and the MLP run in
+    row chunks written over the depthwise convolution's output (``_chunked_tail``, a custom op
+    that ``torch.compile`` keeps; on oneDNN's kernels only in eager mode where the hidden tensor
+    is large). Where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and
+    in frozen stages) Linear+GELU and Linear+add each run as one oneDNN kernel
+    (``onednn_inference``), and in fp32 training the Linear layers run oneDNN's kernel, which
+    adds the bias and the shortcut inside the product, forward and for the input gradient
+    (``onednn_linear``), in eager mode and under ``torch.compile``.
     Elsewhere fp32 eager CPU training runs Linear -> GELU -> Linear as one autograd function
     whose backward writes its hidden-sized gradients over the GELU output it saved or, for a
     large hidden tensor, keeps no GELU output and computes it again chunk by chunk
@@ -111,47 +112,44 @@ class ConvNeXtBlock(nn.Module):
 
     def _in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
         """Whether the block's tail after the depthwise convolution (output ``y``, NHWC) runs
-        in row chunks (``_chunked_tail``): in eager fp32 CPU inference, on PyTorch's products
-        at every size (they write into reused memory), on oneDNN's kernels (which make new
-        tensors) where the hidden tensor would exceed ``MLP_CHUNK_ABOVE_NUMEL`` values."""
+        in row chunks (``_chunked_tail``): in fp32 CPU inference, on PyTorch's products at
+        every size and also under ``torch.compile`` (they write into reused memory), on
+        oneDNN's kernels (which make new tensors) in eager mode where the hidden tensor would
+        exceed ``MLP_CHUNK_ABOVE_NUMEL`` values."""
         if not (self.grn is None and not self._drop_path_active and y.is_contiguous()
-                and shortcut.is_contiguous() and not torch.compiler.is_compiling() and
+                and shortcut.is_contiguous() and
                 cpu_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma, shortcut)):
             return False
+        if not onednn_inference(y):
+            return True
         hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
-        return hidden_numel > MLP_CHUNK_ABOVE_NUMEL or not onednn_inference(y)
+        return hidden_numel > MLP_CHUNK_ABOVE_NUMEL and not torch.compiler.is_compiling()
 
     def _chunked_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``shortcut + gamma * pwconv2(gelu(pwconv1(norm(y))))`` (NHWC), ``MLP_CHUNK_ROWS``
-        rows at a time, with the oneDNN kernels where they pay (``onednn_inference``) and
-        PyTorch's products elsewhere. Each chunk's result overwrites its rows of ``y`` (the
+        rows at a time (``inference_tail_``), with the oneDNN kernels where they pay
+        (``onednn_inference``; the layer scale folded into pwconv2, since the shortcut is added
+        inside the product) and PyTorch's products elsewhere. The result overwrites ``y`` (the
         depthwise convolution's output, which the block owns), so that no new full-size tensor
-        is made; PyTorch's products also write every chunk's hidden values into one buffer,
-        whose pages are mapped once per block instead of once per chunk."""
-        weight, bias, _ = self._pwconv2_folded(y)
+        is made."""
         use_onednn = onednn_inference(y)
+        if use_onednn:
+            weight, bias, scale = self._pwconv2_folded(y)
+        else:
+            weight, bias, scale = self.pwconv2.weight, self.pwconv2.bias, self.gamma
         channels = y.shape[-1]
-        rows, shortcut_rows = y.view(-1, channels), shortcut.reshape(-1, channels)
-        buffer_width = None if use_onednn else self.pwconv1.out_features
-        for chunk, hidden_buffer in row_chunks(rows.shape[0], MLP_CHUNK_ROWS, buffer_width, y):
-            normed = self.norm(rows[chunk])
-            if use_onednn:
-                hidden = linear_gelu(normed, self.pwconv1.weight, self.pwconv1.bias)
-                rows[chunk] = linear(hidden, weight, bias, shortcut_rows[chunk])
-            else:
-                hidden = torch.addmm(self.pwconv1.bias, normed, self.pwconv1.weight.t(),
-                                     out=hidden_buffer)
-                torch.addmm(bias, torch.ops.aten.gelu_(hidden), weight.t(), out=rows[chunk])
-                rows[chunk].add_(shortcut_rows[chunk])
+        inference_tail_(y.view(-1, channels), shortcut.reshape(-1, channels), self.norm.weight,
+                        self.norm.bias, self.norm.eps, self.pwconv1.weight, self.pwconv1.bias,
+                        weight, bias, scale, MLP_CHUNK_ROWS, use_onednn)
         return y
 
     def _pwconv2_folded(self, y: torch.Tensor):
         """pwconv2's weight and bias with the layer scale folded in where that is exact
         enough (fp32/fp64) and saves a pass over the output, and the scale left to apply (None
         once folded). CPU paths only: on a GPU the pass saved costs less than launching the two
-        products (``_plain_tail``). Not in compiled inference on the plain layers, where
-        inductor fuses the scale into the shortcut add and folding would only add a product
-        per call."""
+        products (``_plain_tail``). Not in compiled inference on the plain layers (where the
+        chunked tail does not run: a GRN block or strided tensors), where inductor fuses the
+        scale into the shortcut add and folding would only add a product per call."""
         scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
         compiled_plain_inference = (torch.compiler.is_compiling() and not torch.is_grad_enabled()
                                     and not onednn_inference(y))

@@ -272,6 +272,38 @@ def row_chunks(num_rows: int, chunk_rows: int, buffer_width: Optional[int],
         yield slice(start, stop), None if buffer is None else buffer[:stop - start]
 
 
+# A custom op so that torch.compile keeps the chunk loop (inductor would otherwise make every
+# hidden tensor whole) and writes in place over the rows (inductor reinplaces the op's copy).
+@torch.library.custom_op('convnext_mm::inference_tail_', mutates_args=('rows', ))
+def inference_tail_(rows: torch.Tensor, shortcut: torch.Tensor, norm_weight: torch.Tensor,
+                    norm_bias: torch.Tensor, eps: float, weight1: torch.Tensor,
+                    bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor,
+                    scale: Optional[torch.Tensor], chunk_rows: int, use_onednn: bool) -> None:
+    """``rows = shortcut + scale * linear(gelu(linear(layer_norm(rows), weight1, bias1)),
+    weight2, bias2)`` in place on 2-D (pixels x channels) tensors, ``chunk_rows`` rows at a time,
+    no autograd (inference only).
+
+    On PyTorch's products every chunk's hidden values go into one buffer, whose pages are mapped
+    once per call and stay in cache for GELU and the second product, and that product is written
+    straight into the chunk's rows; the scale is applied in the shortcut add (no scale: 1). With
+    ``use_onednn`` (no scale: it must be folded into ``weight2`` and ``bias2``) each chunk is two
+    oneDNN kernels, Linear+GELU and Linear+add, which return new chunk-sized tensors.
+    """
+    width = None if use_onednn else weight1.shape[0]
+    for chunk, hidden_buffer in row_chunks(rows.shape[0], chunk_rows, width, rows):
+        normed = F.layer_norm(rows[chunk], rows.shape[-1:], norm_weight, norm_bias, eps)
+        if use_onednn:
+            rows[chunk] = linear(linear_gelu(normed, weight1, bias1), weight2, bias2,
+                                 shortcut[chunk])
+            continue
+        hidden = torch.addmm(bias1, normed, weight1.t(), out=hidden_buffer)
+        branch = torch.addmm(bias2, torch.ops.aten.gelu_(hidden), weight2.t(), out=rows[chunk])
+        if scale is None:
+            branch.add_(shortcut[chunk])
+        else:
+            torch.addcmul(shortcut[chunk], branch, scale, out=branch)
+
+
 def _row_chunks(hidden: torch.Tensor):
     """``row_chunks`` of about ``MLP_TRAINING_CHUNK_NUMEL`` values of ``hidden``'s rows."""
     rows, width = hidden.shape
