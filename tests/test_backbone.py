@@ -268,12 +268,22 @@ def test_onednn_linear_kernels_run_only_where_aten_runs_avx512():
     assert out == ['AVX2', 'False', '0', 'True']
 
 
+def profiled_op_names(fn):
+    """(the names of the operators fn runs on the CPU, in order, fn's result)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return [e.name for e in prof.events()], result
+
+
+def count_matrix_products(names):
+    """PyTorch's matrix products (``addmm`` or ``mm``) among profiled operator names."""
+    return sum(name in ('aten::addmm', 'aten::mm') for name in names)
+
+
 def count_onednn_linear_calls(fn):
     """(``linear_gelu`` calls, ``linear`` calls, fn's result): a block on the inference path
     calls one of each, on the training path ``linear`` twice."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = fn()
-    names = [e.name for e in prof.events()]
+    names, result = profiled_op_names(fn)
     # Only ops with an autograd formula show under their own name; each call runs one kernel.
     kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
     linear_calls = names.count('convnext_mm::linear')
@@ -305,9 +315,8 @@ def count_mlp_products(fn, onednn):
     or ``mm``), two per MLP, halved."""
     if onednn:
         return count_onednn_linear_calls(fn)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = fn()
-    products = sum(e.name in ('aten::addmm', 'aten::mm') for e in prof.events())
+    names, result = profiled_op_names(fn)
+    products = count_matrix_products(names)
     return products / 2, products / 2, result
 
 
@@ -318,8 +327,7 @@ def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     chunk shorter), writing over the depthwise convolution's output, never over the block's
     input: on PyTorch's products in every block, on oneDNN's kernels where the block's hidden
     tensor exceeds MLP_CHUNK_ABOVE_NUMEL values. Outputs equal the unchunked layers' up to
-    float rounding. Not with
-    autograd, and not where stochastic depth applies."""
+    float rounding. Not with autograd, and not where stochastic depth applies."""
     import convnext_mm.models.backbones.convnext as convnext_module
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
@@ -743,26 +751,19 @@ def test_inductor_keeps_the_chunked_inference_tail(monkeypatch, memory_format):
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
     torch._dynamo.reset()  # other tests' compiles of the blocks count towards the recompile limit
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-
-    def run_counted(fn):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            result = fn()
-        names = [e.name for e in prof.events()]
-        products = sum(name in ('aten::addmm', 'aten::mm') for name in names)
-        return names.count('convnext_mm::inference_tail_'), products, result
-
     with torch.no_grad():
         compiled(x)
-        tail_calls, products, outs = run_counted(lambda: compiled(x))
+        names, outs = profiled_op_names(lambda: compiled(x))
         expected = model(x)
-    assert tail_calls == 4
-    assert products == 2 * sum(-(-2 * 16 * 24 // 4**i // 100) for i in range(4))  # 8, 2, 1, 1
+    assert names.count('convnext_mm::inference_tail_') == 4
+    chunks = sum(-(-2 * 16 * 24 // 4**i // 100) for i in range(4))  # 8, 2, 1, 1
+    assert count_matrix_products(names) == 2 * chunks
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     compiled_training = torch.compile(model.train(), fullgraph=True, dynamic=False)
     compiled_training(x)
-    tail_calls, _, _ = run_counted(lambda: compiled_training(x))
-    assert tail_calls == 0
+    names, _ = profiled_op_names(lambda: compiled_training(x))
+    assert names.count('convnext_mm::inference_tail_') == 0
 
 
 def test_block_residual_is_identity_when_branch_is_zero():

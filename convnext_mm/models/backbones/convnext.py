@@ -147,9 +147,9 @@ class ConvNeXtBlock(nn.Module):
         """pwconv2's weight and bias with the layer scale folded in where that is exact
         enough (fp32/fp64) and saves a pass over the output, and the scale left to apply (None
         once folded). CPU paths only: on a GPU the pass saved costs less than launching the two
-        products (``_plain_tail``). Not in compiled inference on the plain layers (where the
-        chunked tail does not run: a GRN block or strided tensors), where inductor fuses the
-        scale into the shortcut add and folding would only add a product per call."""
+        products (``_plain_tail``). Not in compiled inference on the plain layers outside the
+        chunked tail (strided tensors, or stochastic depth under ``no_grad``), where inductor
+        fuses the scale into the shortcut add and folding would only add a product per call."""
         scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
         compiled_plain_inference = (torch.compiler.is_compiling() and not torch.is_grad_enabled()
                                     and not onednn_inference(y))
