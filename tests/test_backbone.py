@@ -157,12 +157,15 @@ def test_block_under_autocast_matches_fp32(use_grn):
 def autocast_step_matches_timm(tmp_path, device, dtype, memory_format, ulps=0.):
     """A training step of ConvNeXt-atto under autocast on ``device``: our outputs and
     gradients against timm's under the same autocast (same type promotion of the residual
-    stream). On the CPU the kernels are the same and so are the results, up to an ulp in the
-    weight gradients' products; on a GPU, whose products and convolutions may pick other
-    kernels for other strides, within ``ulps`` of ``dtype`` times the largest value.
+    stream). timm's atto runs its MLP as 1x1 convolutions (``conv_mlp``), whose half-precision
+    kernels sum in another order than the Linear layers' and now and then round a hidden
+    value to the neighbouring half-precision number; the reference here has Linear layers,
+    as ours. On the CPU the kernels are then the same and so are the results, up to an ulp
+    in the weight gradients' products; on a GPU, whose products and convolutions may pick
+    other kernels for other strides, within ``ulps`` of ``dtype`` times the largest value.
     Shared with tests/test_cuda.py."""
     eps = ulps * torch.finfo(dtype).eps
-    reference = randomize_(timm.create_model('convnext_atto')).to(device).train()
+    reference = randomize_(timm.create_model('convnext_atto', conv_mlp=False)).to(device).train()
     ours = load_into_ours(tmp_path, reference.state_dict(), arch='atto').to(device).train()
     x = torch.randn(2, 3, 64, 96, device=device).contiguous(memory_format=memory_format)
     outs, grads = step_against_timm(ours, reference, x, autocast_dtype=dtype)
@@ -472,6 +475,20 @@ def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
         assert graph_kept == [] and len(chunked_backwards) == recorded_blocks
     else:
         assert graph_kept == [False] * recorded_blocks and chunked_backwards == []
+
+
+@pytest.mark.usefixtures('plain_linear')
+def test_plain_training_folds_the_layer_scale_only_where_the_weight_is_smaller(monkeypatch):
+    """With PyTorch's products a training block folds its layer scale into pwconv2's weight
+    (4C x C) unless that is over twice the block's output (rows x C): atto at 2x3x64x96 has
+    768, 192, 48 and 12 rows against 4C = 160, 320, 640 and 1280."""
+    folded_widths = []
+    real = ConvNeXtBlock._pwconv2_folded
+    monkeypatch.setattr(ConvNeXtBlock, '_pwconv2_folded',
+                        lambda block, y: folded_widths.append(y.shape[-1]) or real(block, y))
+    model = ConvNeXt('atto').train()
+    model(torch.randn(2, 3, 64, 96))
+    assert folded_widths == [40] * model.depths[0] + [80] * model.depths[1]
 
 
 @pytest.mark.usefixtures('plain_linear')

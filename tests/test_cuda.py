@@ -23,7 +23,8 @@ def no_tf32():
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 def test_autocast_training_step_matches_timm_on_cuda(tmp_path, dtype, memory_format):
-    # measured on an H100: outputs within 0.75 ulps of the largest value, gradients 1.9
+    # measured on an H100 (against timm's 1x1-convolution MLP): outputs within 0.75 ulps of
+    # the largest value, gradients 1.9
     autocast_step_matches_timm(tmp_path, CUDA, dtype, memory_format, ulps=2.)
 
 

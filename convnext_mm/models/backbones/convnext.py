@@ -82,7 +82,13 @@ class ConvNeXtBlock(nn.Module):
             return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
         y = self.norm(y)
         if self.grn is None and plain_cpu_training(y, self.pwconv1, self.pwconv2, self.gamma):
-            weight, bias, scale = self._pwconv2_folded(y)
+            # Folding the scale costs passes (forward and backward) over pwconv2's 4C x C
+            # weight; the scale in the add as many over the rows x C output, on new tensors
+            # where the folded add works in place: fold unless the weight is over twice as big.
+            if 2 * (y.numel() // y.shape[-1]) > self.pwconv2.in_features:
+                weight, bias, scale = self._pwconv2_folded(y)
+            else:
+                weight, bias, scale = self.pwconv2.weight, self.pwconv2.bias, self.gamma
             branch = mlp_training(y, self.pwconv1.weight, self.pwconv1.bias, weight, bias)
             return self._scaled_add(shortcut, branch, scale).permute(0, 3, 1, 2)
         if onednn_inference(y, self.pwconv1):
