@@ -27,6 +27,8 @@ def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
     assert len(result['results']) == 8
     assert {row['precision'] for row in result['results']} == {'fp32', 'bf16'}
     assert set(result['peak_gflops']) == {'fp32', 'bf16'}
+    for precision, by_kernel in result['peak_gflops_by_kernel'].items():
+        assert 'mm' in by_kernel and result['peak_gflops'][precision] == max(by_kernel.values())
     for row in result['results']:
         assert set(row['images_per_s']) == {'ours', 'timm', 'torchvision', 'official'}
         assert all(v > 0 for v in row['images_per_s'].values())

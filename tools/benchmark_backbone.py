@@ -39,7 +39,7 @@ import os.path as osp
 import statistics
 import sys
 import time
-from typing import List, Tuple
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -243,11 +243,11 @@ def profile_table(step, device, rows: int) -> str:
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
 
 
-def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Tuple[float, List[str]]:
-    """The fastest large matrix product on the device, and the kernels timed: ``mm`` and, on a
-    CPU with oneDNN for the dtype, also oneDNN's linear kernel (on the AVX-512 CPU of
-    docs/benchmarks.md 1.25-1.4x MKL's ``mm``; oneDNN has no bf16/fp16 kernel for CPUs
-    without those instructions)."""
+def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Dict[str, float]:
+    """GFLOP/s of a large matrix product on the device by kernel: ``mm`` and, on a CPU with
+    oneDNN for the dtype, also oneDNN's linear kernel (in docs/benchmarks.md 1.25-1.4x MKL's
+    ``mm`` on the Zen 4, 2.6x on the Zen 5; oneDNN has no bf16/fp16 kernel for CPUs without
+    those instructions). The peak is the fastest."""
     n = n or (8192 if device.type == 'cuda' else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -258,17 +258,19 @@ def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Tuple[float, List
             or dtype == torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported()):
         products['oneDNN linear'] = \
             lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, 'none', [], '')
-    best = float('inf')
-    for product in products.values():
+    gflops = {}
+    for kernel, product in products.items():
         for _ in range(2):
             product()
+        best = float('inf')
         for _ in range(5):
             synchronize(device)
             start = time.perf_counter()
             product()
             synchronize(device)
             best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9, list(products)
+        gflops[kernel] = 2 * n ** 3 / best / 1e9
+    return gflops
 
 
 def backbone_macs(model, shape) -> float:
@@ -364,11 +366,14 @@ def main(argv=None):
     difference = check_same_outputs(impls, torch.randn(1, 3, 64, 64, device=device))
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
           f'(fp32, 1x3x64x64, on {device.type}): {difference:.2e}')
-    peaks = {}
+    peaks, peaks_by_kernel = {}, {}
     for precision in args.precision:
-        peaks[precision], kernels = matmul_peak_gflops(device, DTYPES[precision], args.peak_size)
+        by_kernel = matmul_peak_gflops(device, DTYPES[precision], args.peak_size)
+        peaks[precision], peaks_by_kernel[precision] = max(by_kernel.values()), by_kernel
+        each = ', '.join(f'{kernel} {value:.0f}' for kernel, value in by_kernel.items())
         print(f'peak of a {args.peak_size or "large"} {precision} matrix product on this '
-              f'device (best of {" and ".join(kernels)}): {peaks[precision]:.0f} GFLOP/s')
+              f'device (best of {" and ".join(by_kernel)}): {peaks[precision]:.0f} GFLOP/s '
+              f'({each})')
     results = []
     header = f'| shape | mode | precision | channels_last | compile | {" | ".join(impls)} | ' \
         f'ours GFLOP/s (% of peak) | {" | ".join("ours/" + n for n in impls if n != "ours")} |'
@@ -440,7 +445,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(device=name, arch=args.arch, torch=torch.__version__,
-                           peak_gflops=peaks, results=results, memory=memory), f, indent=1)
+                           peak_gflops=peaks, peak_gflops_by_kernel=peaks_by_kernel,
+                           results=results, memory=memory), f, indent=1)
 
 
 if __name__ == '__main__':
