@@ -756,14 +756,17 @@ def test_inductor_keeps_the_onednn_kernels(training):
             torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.usefixtures('plain_linear')
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_inductor_keeps_the_chunked_inference_tail(monkeypatch, memory_format):
-    """On PyTorch's products compiled inference runs each block's tail as the chunked custom op
-    (one call per block, two products per chunk, in place over the depthwise convolution's
-    output), with the eager outputs; with autograd recording it does not."""
+def test_inductor_keeps_the_chunked_inference_tail(monkeypatch, memory_format, onednn):
+    """Compiled inference runs a block's tail as the chunked custom op where eager mode does:
+    on PyTorch's products in every block, on oneDNN's kernels where the hidden tensor is large
+    (here stage 0's); one call per block, two products per chunk, in place over the depthwise
+    convolution's output, with the eager outputs. With autograd recording it does not."""
     import convnext_mm.models.backbones.convnext as convnext_module
     monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', 100)
+    stage_rows = [2 * 16 * 24 // 4**i for i in range(4)]  # 768, 192, 48, 12
+    # stage 0's hidden tensor (768 x 32) one value over the threshold, stage 1's (192 x 64) half
+    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', stage_rows[0] * 32 - 1)
     model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32]))).eval()
     x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
     torch._dynamo.reset()  # other tests' compiles of the blocks count towards the recompile limit
@@ -772,9 +775,14 @@ def test_inductor_keeps_the_chunked_inference_tail(monkeypatch, memory_format):
         compiled(x)
         names, outs = profiled_op_names(lambda: compiled(x))
         expected = model(x)
-    assert names.count('convnext_mm::inference_tail_') == 4
-    chunks = sum(-(-2 * 16 * 24 // 4**i // 100) for i in range(4))  # 8, 2, 1, 1
-    assert count_matrix_products(names) == 2 * chunks
+    chunks = [-(-rows // 100) for rows in stage_rows]  # 8, 2, 1, 1
+    if onednn:
+        assert names.count('convnext_mm::inference_tail_') == 1
+        kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
+        assert kernels == 2 * (chunks[0] + 3) and count_matrix_products(names) == 0
+    else:
+        assert names.count('convnext_mm::inference_tail_') == 4
+        assert count_matrix_products(names) == 2 * sum(chunks)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     compiled_training = torch.compile(model.train(), fullgraph=True, dynamic=False)

@@ -18,8 +18,8 @@ from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, c
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
 # fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels), on oneDNN's
-# kernels in eager mode once its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL
-# values (layers.py), on PyTorch's products always: each chunk's hidden tensor is reused memory
+# kernels once its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values
+# (layers.py), on PyTorch's products always: each chunk's hidden tensor is reused memory
 # that is still in cache when pwconv2 reads it. 4096 rows was the fastest chunk for C = 96-512 on
 # a 2-core EPYC (fewer rows pay oneDNN's per-call weight reorder more often).
 MLP_CHUNK_ROWS = 4096
@@ -41,8 +41,7 @@ class ConvNeXtBlock(nn.Module):
     one ``addcmul`` (``_plain_tail``). On the CPU the depthwise convolution also has a faster
     backward pass (``DepthwiseConv2d``), and in fp32 inference the LayerNorm and the MLP run in
     row chunks written over the depthwise convolution's output (``_chunked_tail``, a custom op
-    that ``torch.compile`` keeps; on oneDNN's kernels only in eager mode where the hidden tensor
-    is large). Where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and
+    that ``torch.compile`` keeps; on oneDNN's kernels where the hidden tensor is large). Where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and
     in frozen stages) Linear+GELU and Linear+add each run as one oneDNN kernel
     (``onednn_inference``), and in fp32 training the Linear layers run oneDNN's kernel, which
     adds the bias and the shortcut inside the product, forward and for the input gradient
@@ -118,10 +117,10 @@ class ConvNeXtBlock(nn.Module):
 
     def _in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
         """Whether the block's tail after the depthwise convolution (output ``y``, NHWC) runs
-        in row chunks (``_chunked_tail``): in fp32 CPU inference, on PyTorch's products at
-        every size and also under ``torch.compile`` (they write into reused memory), on
-        oneDNN's kernels (which make new tensors) in eager mode where the hidden tensor would
-        exceed ``MLP_CHUNK_ABOVE_NUMEL`` values."""
+        in row chunks (``_chunked_tail``): in fp32 CPU inference, eager or compiled, on
+        PyTorch's products at every size (they write into reused memory), on oneDNN's kernels
+        (which make new tensors) where the hidden tensor would exceed ``MLP_CHUNK_ABOVE_NUMEL``
+        values."""
         if not (self.grn is None and not self._drop_path_active and y.is_contiguous()
                 and shortcut.is_contiguous() and
                 cpu_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma, shortcut)):
@@ -129,7 +128,7 @@ class ConvNeXtBlock(nn.Module):
         if not onednn_inference(y):
             return True
         hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
-        return hidden_numel > MLP_CHUNK_ABOVE_NUMEL and not torch.compiler.is_compiling()
+        return hidden_numel > MLP_CHUNK_ABOVE_NUMEL
 
     def _chunked_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
         """``shortcut + gamma * pwconv2(gelu(pwconv1(norm(y))))`` (NHWC), ``MLP_CHUNK_ROWS``

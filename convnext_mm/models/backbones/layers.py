@@ -194,9 +194,9 @@ def _graph_kept() -> bool:
 
 
 # A block's hidden (4C-wide) tensor above this many values (32 MiB, where glibc maps fresh
-# pages for every allocation) is not made whole on the CPU: eager inference on oneDNN's
-# kernels runs the block's tail in row chunks (convnext.py; on PyTorch's products it always
-# does), and the training MLP keeps no GELU output, computing it again in chunks of about
+# pages for every allocation) is not made whole on the CPU: inference on oneDNN's kernels
+# runs the block's tail in row chunks, eager or compiled (convnext.py; on PyTorch's products it
+# always does), and the training MLP keeps no GELU output, computing it again in chunks of about
 # MLP_TRAINING_CHUNK_NUMEL values (8 MiB), which stay in cache.
 MLP_CHUNK_ABOVE_NUMEL = 2 ** 23
 MLP_TRAINING_CHUNK_NUMEL = 2 ** 21
