@@ -312,6 +312,18 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert with_grad_calls == [0, 2 * blocks]
 
 
+@pytest.mark.skipif(not layers.ONEDNN_LINEAR_AVAILABLE, reason='needs oneDNN')
+@pytest.mark.parametrize('rows,in_features,out_features', [
+    (50, 8, 32), (50, 32, 8), (0, 8, 32)])
+def test_linear_weight_grad_is_the_product_in_the_weight_layout(rows, in_features, out_features):
+    """oneDNN's weight gradient of the training Linear op, whichever width goes first, is
+    ``grad.t() @ x``, contiguous like the weight; zero for no rows."""
+    grad, x = torch.randn(rows, out_features), torch.randn(rows, in_features)
+    result = layers.linear_weight_grad(grad, x)
+    assert result.shape == (out_features, in_features) and result.is_contiguous()
+    torch.testing.assert_close(result, grad.t() @ x, rtol=1e-5, atol=1e-5)
+
+
 def count_mlp_products(fn, onednn):
     """(calls of the first MLP product, of the second, fn's result): ``linear_gelu`` and
     ``linear`` calls with oneDNN's kernels; without them PyTorch's matrix products (``addmm``

@@ -246,7 +246,7 @@ def profile_table(step, device, rows: int) -> str:
 def matmul_peak_gflops(device, dtype=torch.float32, n=None) -> Dict[str, float]:
     """GFLOP/s of a large matrix product on the device by kernel: ``mm`` and, on a CPU with
     oneDNN for the dtype, also oneDNN's linear kernel (in docs/benchmarks.md 1.25-1.4x MKL's
-    ``mm`` on the Zen 4, 2.6x on the Zen 5; oneDNN has no bf16/fp16 kernel for CPUs without
+    ``mm`` on the Zen 4, 2.2-2.8x on the Zen 5; oneDNN has no bf16/fp16 kernel for CPUs without
     those instructions). The peak is the fastest."""
     n = n or (8192 if device.type == 'cuda' else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
