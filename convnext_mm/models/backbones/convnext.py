@@ -41,11 +41,12 @@ class ConvNeXtBlock(nn.Module):
     one ``addcmul`` (``_plain_tail``). On the CPU the depthwise convolution also has a faster
     backward pass (``DepthwiseConv2d``), and in fp32 inference the LayerNorm and the MLP run in
     row chunks written over the depthwise convolution's output (``_chunked_tail``, a custom op
-    that ``torch.compile`` keeps; on oneDNN's kernels where the hidden tensor is large). Where oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and
-    in frozen stages) Linear+GELU and Linear+add each run as one oneDNN kernel
-    (``onednn_inference``), and in fp32 training the Linear layers run oneDNN's kernel, which
-    adds the bias and the shortcut inside the product, forward and for the input gradient
-    (``onednn_linear``), in eager mode and under ``torch.compile``.
+    that ``torch.compile`` keeps; on oneDNN's kernels where the hidden tensor is large). Where
+    oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen
+    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``),
+    and in fp32 training the Linear layers run oneDNN's kernel, which adds the bias and the
+    shortcut inside the product, forward and for both gradients (``onednn_linear``), in eager
+    mode and under ``torch.compile``.
     Elsewhere fp32 eager CPU training runs Linear -> GELU -> Linear as one autograd function
     whose backward writes its hidden-sized gradients over the GELU output it saved or, for a
     large hidden tensor, keeps no GELU output and computes it again chunk by chunk

@@ -150,9 +150,9 @@ def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def linear_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``grad.t() @ x`` (a Linear layer's weight gradient, out x in) as oneDNN's linear on
     transposed views, the narrower of the two widths first: on a Zen 5 1.0-2.2x MKL's ``mm``
-    at a ConvNeXt-T step's shapes, where the wider width first ran up to 4x slower than with
-    the narrower one. Where that is the input's, the product is ``x.t() @ grad``, copied to
-    the weight's layout (the gradient's layout, which autograd would otherwise make)."""
+    at a ConvNeXt-T step's shapes, where the wider width first ran up to 4x slower. Where the
+    input is the narrower (pwconv1), the product is ``x.t() @ grad``, transposed into the
+    weight's layout (autograd would otherwise make that copy)."""
     if x.shape[0] == 0:  # oneDNN has no product over an empty dimension
         return grad.new_zeros(grad.shape[1], x.shape[1])
     if grad.shape[1] <= x.shape[1]:
