@@ -114,6 +114,12 @@ def plain_cpu_training(x: torch.Tensor, *modules_or_tensors) -> bool:
             and not onednn_training(x) and not torch.compiler.is_compiling())
 
 
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ weight.t() (+ bias)`` on oneDNN's linear kernel, with no fused post-op."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+
+
 # The oneDNN kernels are custom ops so that torch.compile keeps them as they are: inductor
 # lowers oneDNN's linear only for constant (frozen) weights, runs trainable Linear layers on
 # MKL's matrix products, and PyTorch has no fake-tensor kernel for the binary variant.
@@ -135,7 +141,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     (``onednn_linear``).
     """
     if residual is None:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+        return _onednn_product(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
 
 
@@ -143,7 +149,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``grad @ weight`` as oneDNN's linear on the transposed weight (a view: oneDNN reorders
     the weight anyway); on the CPUs measured faster than ``mm`` (MKL)."""
-    return torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, 'none', [], '')
+    return _onednn_product(grad, weight.t())
 
 
 @torch.library.custom_op('convnext_mm::linear_weight_grad', mutates_args=())
@@ -156,9 +162,8 @@ def linear_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if x.shape[0] == 0:  # oneDNN has no product over an empty dimension
         return grad.new_zeros(grad.shape[1], x.shape[1])
     if grad.shape[1] <= x.shape[1]:
-        return torch.ops.mkldnn._linear_pointwise(grad.t(), x.t(), None, 'none', [], '')
-    product = torch.ops.mkldnn._linear_pointwise(x.t(), grad.t(), None, 'none', [], '')
-    return product.t().contiguous()
+        return _onednn_product(grad.t(), x.t())
+    return _onednn_product(x.t(), grad.t()).t().contiguous()
 
 
 @linear_gelu.register_fake
