@@ -283,14 +283,23 @@ def count_matrix_products(names):
     return sum(name in ('aten::addmm', 'aten::mm') for name in names)
 
 
-def count_onednn_linear_calls(fn):
-    """(``linear_gelu`` calls, ``linear`` calls, fn's result): a block on the inference path
-    calls one of each, on the training path ``linear`` twice."""
-    names, result = profiled_op_names(fn)
+def onednn_linear_calls(names):
+    """(``linear_gelu`` calls, ``linear`` calls) among profiled operator names: a block on the
+    inference path calls one of each, on the compiled training path (and with GRN) ``linear``
+    twice. The two oneDNN kernels of each eager training MLP (``_MLPFunction``) on oneDNN's
+    kernels are not counted."""
     # Only ops with an autograd formula show under their own name; each call runs one kernel.
     kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
+    if layers.USE_ONEDNN_LINEAR and torch.backends.mkldnn.enabled:
+        kernels -= 2 * names.count('_MLPFunction')
     linear_calls = names.count('convnext_mm::linear')
-    return kernels - linear_calls, linear_calls, result
+    return kernels - linear_calls, linear_calls
+
+
+def count_onednn_linear_calls(fn):
+    """(``linear_gelu`` calls, ``linear`` calls, fn's result)."""
+    names, result = profiled_op_names(fn)
+    return (*onednn_linear_calls(names), result)
 
 
 @pytest.mark.usefixtures('onednn_linear')
@@ -308,8 +317,9 @@ def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
     assert fused_calls == [blocks, blocks] and plain_calls == [0, 0]
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    *with_grad_calls, _ = count_onednn_linear_calls(lambda: model(x))
-    assert with_grad_calls == [0, 2 * blocks]
+    names, _ = profiled_op_names(lambda: model(x))
+    with_grad_calls = [*onednn_linear_calls(names), names.count('_MLPFunction')]
+    assert with_grad_calls == ([0, 2 * blocks, 0] if use_grn else [0, 0, blocks])
 
 
 @pytest.mark.skipif(not layers.ONEDNN_LINEAR_AVAILABLE, reason='needs oneDNN')
@@ -368,8 +378,8 @@ def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     assert chunked_calls == [blocks + extra_calls] * 2
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    *with_grad_calls, _ = count_mlp_products(lambda: model(x), onednn)
-    assert with_grad_calls == ([0, 2 * blocks] if onednn else [blocks, blocks])
+    names, _ = profiled_op_names(lambda: model(x))
+    assert names.count('_MLPFunction') == blocks
     # drop-path rates rise linearly from 0: only the first block has none and is chunked
     drop_path_model = ConvNeXt('atto', drop_path_rate=0.5).train()
     with torch.no_grad():
@@ -387,28 +397,30 @@ def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
     assert torch.equal(block_input, untouched)
 
 
-def step_with_and_without(monkeypatch, model, x, fast_path):
-    """A training step, then the same step with ``fast_path`` (a rule in the backbone module)
-    switched off: for each, (``linear_gelu`` calls, ``linear`` calls, outputs followed by the
-    gradients of the trainable parameters and, if it needs one, of the input)."""
+def step_with_and_without(monkeypatch, model, x, *fast_paths):
+    """A training step, then the same step with ``fast_paths`` (rules in the backbone module)
+    switched off; the outputs, the gradients of the trainable parameters and, if it needs one,
+    of the input agree. For each step: (``linear_gelu`` calls, ``linear`` calls, training MLP
+    function calls)."""
     import convnext_mm.models.backbones.convnext as convnext_module
-    weights, results = None, []
+    weights, calls, results = None, [], []
     for switched_off in (False, True):
         if switched_off:
-            monkeypatch.setattr(convnext_module, fast_path, lambda *args: False)
+            for fast_path in fast_paths:
+                monkeypatch.setattr(convnext_module, fast_path, lambda *args: False)
         model.zero_grad(set_to_none=True)
         inp = x.detach().clone().requires_grad_(x.requires_grad)
         torch.manual_seed(11)
-        gelu_calls, linear_calls, outs = count_onednn_linear_calls(lambda: model(inp))
+        names, outs = profiled_op_names(lambda: model(inp))
         weights = weights or [torch.randn_like(out) for out in outs]
         sum((out * w).sum() for out, w in zip(outs, weights)).backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
-        results.append((gelu_calls, linear_calls,
-                         list(outs) + grads + ([inp.grad] if x.requires_grad else [])))
-    for ours, expected in zip(results[0][2], results[1][2]):
+        calls.append((*onednn_linear_calls(names), names.count('_MLPFunction')))
+        results.append(list(outs) + grads + ([inp.grad] if x.requires_grad else []))
+    for ours, expected in zip(*results):
         torch.testing.assert_close(ours, expected, rtol=1e-4,
                                    atol=1e-5 * expected.abs().max().item())
-    return [result[:2] for result in results]
+    return calls
 
 
 @pytest.mark.usefixtures('onednn_linear')
@@ -416,12 +428,12 @@ def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(mo
     """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
     take the fused kernels; outputs and the gradients of the trained stages are those of the
     plain layers. Without the fused kernels the frozen blocks run PyTorch's products (as
-    eager inference does, in row chunks), the trained ones oneDNN's training kernel."""
+    eager inference does, in row chunks); the trained ones run the training MLP function."""
     model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
     calls = step_with_and_without(monkeypatch, model, torch.randn(2, 3, 64, 64),
                                   'onednn_inference')
     frozen, trained = model.depths[0] + model.depths[1], model.depths[2] + model.depths[3]
-    assert calls == [(frozen, frozen + 2 * trained), (0, 2 * trained)]
+    assert calls == [(frozen, frozen, trained), (0, 0, trained)]
 
 
 @pytest.mark.usefixtures('onednn_linear')
@@ -433,15 +445,17 @@ def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(mo
 ])
 def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
         monkeypatch, use_grn, drop_path_rate, memory_format):
-    """fp32 CPU training runs both Linear layers of every block on oneDNN's kernel (bias and,
-    without stochastic depth on a channels_last input, the shortcut added inside it; the input
-    gradient too); outputs and the gradients of every parameter and of the input are the plain
-    layers'."""
+    """fp32 eager CPU training runs both Linear layers of every block on oneDNN's kernel (bias
+    and, without stochastic depth on a channels_last input, the shortcut added inside it; the
+    gradients too): in the training MLP function, or with GRN as the ``linear`` op. Outputs and
+    the gradients of every parameter and of the input are the plain layers'."""
     model = randomize_(ConvNeXt('atto', use_grn=use_grn,
                                 drop_path_rate=drop_path_rate)).train()
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format).requires_grad_()
-    calls = step_with_and_without(monkeypatch, model, x, 'onednn_training')
-    assert calls == [(0, 2 * sum(model.depths)), (0, 0)]
+    calls = step_with_and_without(monkeypatch, model, x, 'eager_cpu_training',
+                                  'onednn_training')
+    blocks = sum(model.depths)
+    assert calls == [(0, 2 * blocks, 0) if use_grn else (0, 0, blocks), (0, 0, 0)]
 
 
 def chunk_the_mlp(monkeypatch):
@@ -452,19 +466,19 @@ def chunk_the_mlp(monkeypatch):
     monkeypatch.setattr(layers, 'MLP_TRAINING_CHUNK_NUMEL', 100 * 160)
 
 
-@pytest.mark.usefixtures('plain_linear')
 @pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
 @pytest.mark.parametrize('drop_path_rate,memory_format,frozen_stages,input_grad', [
     (0., torch.contiguous_format, -1, True),
     (0.4, torch.channels_last, 1, False),
+    (0., torch.channels_last, -1, False),
 ])
-def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
-        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad, chunked):
-    """With PyTorch's products, fp32 CPU training runs the MLP of each block that autograd
-    records (frozen blocks only for an input gradient) as one autograd function. Its backward
-    writes the hidden gradients over its saved GELU output (the graph is not kept) or, above
-    ``MLP_CHUNK_ABOVE_NUMEL`` hidden values, recomputes GELU chunk by chunk; outputs and
-    gradients are the plain layers'."""
+def test_training_mlp_function_with_the_same_gradients(
+        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad, chunked, onednn):
+    """fp32 eager CPU training runs the MLP of each block that autograd records (frozen
+    blocks only for an input gradient) as one autograd function. Its backward writes the
+    hidden gradients over its saved GELU output on PyTorch's products (the graph is not kept;
+    on oneDNN's kernel over the new product) or, above ``MLP_CHUNK_ABOVE_NUMEL`` hidden values,
+    recomputes GELU chunk by chunk; outputs and gradients are the plain layers'."""
     import convnext_mm.models.backbones.convnext as convnext_module
     if chunked:
         chunk_the_mlp(monkeypatch)
@@ -480,20 +494,21 @@ def test_plain_training_mlp_reuses_its_activation_with_the_same_gradients(
     monkeypatch.setattr(layers, '_chunked_backward',
                         lambda *args, real=layers._chunked_backward:
                         chunked_backwards.append(1) or real(*args))
-    step_with_and_without(monkeypatch, model, x, 'plain_cpu_training')
+    step_with_and_without(monkeypatch, model, x, 'eager_cpu_training', 'onednn_training')
     recorded_blocks = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
     assert len(mlp_calls) == recorded_blocks
     if chunked:
         assert graph_kept == [] and len(chunked_backwards) == recorded_blocks
     else:
-        assert graph_kept == [False] * recorded_blocks and chunked_backwards == []
+        assert graph_kept == [False] * (0 if onednn else recorded_blocks)
+        assert chunked_backwards == []
 
 
-@pytest.mark.usefixtures('plain_linear')
-def test_plain_training_folds_the_layer_scale_only_where_the_weight_is_smaller(monkeypatch):
-    """With PyTorch's products a training block folds its layer scale into pwconv2's weight
-    (4C x C) unless that is over twice the block's output (rows x C): atto at 2x3x64x96 has
-    768, 192, 48 and 12 rows against 4C = 160, 320, 640 and 1280."""
+@pytest.mark.usefixtures('onednn')
+def test_training_folds_the_layer_scale_only_where_the_weight_is_smaller(monkeypatch):
+    """An eager training block folds its layer scale into pwconv2's weight (4C x C) unless
+    that is over twice the block's output (rows x C): atto at 2x3x64x96 has 768, 192, 48 and
+    12 rows against 4C = 160, 320, 640 and 1280."""
     folded_widths = []
     real = ConvNeXtBlock._pwconv2_folded
     monkeypatch.setattr(ConvNeXtBlock, '_pwconv2_folded',
@@ -503,7 +518,7 @@ def test_plain_training_folds_the_layer_scale_only_where_the_weight_is_smaller(m
     assert folded_widths == [40] * model.depths[0] + [80] * model.depths[1]
 
 
-@pytest.mark.usefixtures('plain_linear')
+@pytest.mark.usefixtures('onednn')
 def test_chunked_training_mlp_does_not_keep_the_gelu_output(monkeypatch):
     """Recomputing GELU saves, for backward, one hidden-sized (4C) tensor less per block."""
     model = randomize_(ConvNeXt('atto')).train()
@@ -523,10 +538,10 @@ def test_chunked_training_mlp_does_not_keep_the_gelu_output(monkeypatch):
     assert kept - chunked == gelu_outputs
 
 
-@pytest.mark.usefixtures('plain_linear')
+@pytest.mark.usefixtures('onednn')
 @pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
 @pytest.mark.parametrize('second_pass', ['retain_graph', 'create_graph'])
-def test_plain_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass, chunked):
+def test_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass, chunked):
     """A second backward pass through a kept graph, and a backward through the gradients,
     give the plain layers' gradients: the MLP function overwrites nothing it saved then."""
     import convnext_mm.models.backbones.convnext as convnext_module
@@ -548,7 +563,8 @@ def test_plain_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second
         return [p.grad for p in params]
 
     ours = gradients()
-    monkeypatch.setattr(convnext_module, 'plain_cpu_training', lambda *args: False)
+    monkeypatch.setattr(convnext_module, 'eager_cpu_training', lambda *args: False)
+    monkeypatch.setattr(convnext_module, 'onednn_training', lambda *args: False)
     for grad, expected in zip(ours, gradients()):
         torch.testing.assert_close(grad, expected, rtol=1e-4,
                                    atol=1e-5 * expected.abs().max().item())

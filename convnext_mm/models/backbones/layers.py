@@ -106,12 +106,11 @@ def onednn_training(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and _onednn_fp32_cpu(x)
 
 
-def plain_cpu_training(x: torch.Tensor, *modules_or_tensors) -> bool:
-    """fp32 CPU training in eager mode on PyTorch's matrix products: autograd records (not
-    ``cpu_inference``), oneDNN's linear kernels are off (not ``onednn_training``) and inductor
+def eager_cpu_training(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """fp32 CPU training in eager mode: autograd records (not ``cpu_inference``) and inductor
     is not tracing. Where ``mlp_training`` stands in for Linear -> GELU -> Linear."""
     return (_fp32_cpu(x) and not cpu_inference(x, *modules_or_tensors)
-            and not onednn_training(x) and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling())
 
 
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor,
@@ -145,25 +144,41 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
 
 
-@torch.library.custom_op('convnext_mm::linear_input_grad', mutates_args=())
-def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``grad @ weight`` as oneDNN's linear on the transposed weight (a view: oneDNN reorders
-    the weight anyway); on the CPUs measured faster than ``mm`` (MKL)."""
-    return _onednn_product(grad, weight.t())
+def _input_grad(grad: torch.Tensor, weight: torch.Tensor, use_onednn: bool,
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``grad @ weight`` (a Linear layer's input gradient): on oneDNN's linear kernel on the
+    transposed weight (a view: oneDNN reorders the weight anyway), on the CPUs measured faster
+    than ``mm`` (MKL), a new tensor; else ``mm``, into ``out`` if given."""
+    if use_onednn:
+        return _onednn_product(grad, weight.t())
+    return torch.mm(grad, weight, out=out)
 
 
-@torch.library.custom_op('convnext_mm::linear_weight_grad', mutates_args=())
-def linear_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``grad.t() @ x`` (a Linear layer's weight gradient, out x in) as oneDNN's linear on
-    transposed views, the narrower of the two widths first: on a Zen 5 1.0-2.2x MKL's ``mm``
-    at a ConvNeXt-T step's shapes, where the wider width first ran up to 4x slower. Where the
-    input is the narrower (pwconv1), the product is ``x.t() @ grad``, transposed into the
-    weight's layout (autograd would otherwise make that copy)."""
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, use_onednn: bool) -> torch.Tensor:
+    """``grad.t() @ x`` (a Linear layer's weight gradient, out x in). On oneDNN's linear kernel
+    the product runs on transposed views, the narrower of the two widths first: on a Zen 5
+    1.0-2.2x MKL's ``mm`` at a ConvNeXt-T step's shapes, where the wider width first ran up to
+    4x slower. Where the input is the narrower (pwconv1), the product is ``x.t() @ grad``,
+    transposed into the weight's layout (autograd would otherwise make that copy)."""
+    if not use_onednn:
+        return grad.t().mm(x)
     if x.shape[0] == 0:  # oneDNN has no product over an empty dimension
         return grad.new_zeros(grad.shape[1], x.shape[1])
     if grad.shape[1] <= x.shape[1]:
         return _onednn_product(grad.t(), x.t())
     return _onednn_product(x.t(), grad.t()).t().contiguous()
+
+
+@torch.library.custom_op('convnext_mm::linear_input_grad', mutates_args=())
+def linear_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``_input_grad`` on oneDNN's kernel."""
+    return _input_grad(grad, weight, use_onednn=True)
+
+
+@torch.library.custom_op('convnext_mm::linear_weight_grad', mutates_args=())
+def linear_weight_grad(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``_weight_grad`` on oneDNN's kernel."""
+    return _weight_grad(grad, x, use_onednn=True)
 
 
 @linear_gelu.register_fake
@@ -226,39 +241,58 @@ MLP_CHUNK_ABOVE_NUMEL = 2 ** 23
 MLP_TRAINING_CHUNK_NUMEL = 2 ** 21
 
 
+def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, use_onednn: bool,
+             residual: Optional[torch.Tensor] = None,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ weight.t() + bias [+ residual]``: on oneDNN's linear kernel (bias and residual
+    added inside it) a new tensor, copied into ``out`` if given; else ``addmm``, into ``out``."""
+    if use_onednn:
+        if residual is None:
+            result = _onednn_product(x, weight, bias)
+        else:
+            result = torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+        return result if out is None else out.copy_(result)
+    result = torch.addmm(bias, x, weight.t(), out=out)
+    return result if residual is None else result.add_(residual)
+
+
 class _MLPFunction(torch.autograd.Function):
-    """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2)`` on 2-D ``x`` whose
-    backward makes no new hidden-sized (4C-wide) tensor.
+    """``F.linear(F.gelu(F.linear(x, weight1, bias1)), weight2, bias2) [+ residual]`` on 2-D
+    ``x`` whose backward makes as few new hidden-sized (4C-wide) tensors as it can, with its
+    products on oneDNN's linear kernel (``use_onednn``) or PyTorch's.
 
     PyTorch's backward of these layers makes two: the gradient of GELU's output (a product)
     and of its input (``gelu_backward``). On the CPU each is fresh memory that the kernel maps
-    and zeroes (over 32 MiB glibc maps new pages for every allocation). Here a small hidden
-    tensor's gradients are written over the GELU output this function saved, which nothing
-    else holds and which is dead once pwconv2's weight gradient is computed; not when the graph
-    is kept for another backward pass (``retain_graph``): then new tensors, as PyTorch makes
-    them. A large hidden tensor's GELU output is not kept at all: the forward and the backward
-    run GELU and everything after it in row chunks (``_chunked_forward``,
+    and zeroes (over 32 MiB glibc maps new pages for every allocation). Here ``gelu_backward``
+    writes in place over the product (a new tensor on oneDNN's kernel, which has no output
+    argument) or, on PyTorch's products, both write over the GELU output this function saved,
+    which nothing else holds and which is dead once pwconv2's weight gradient is computed; not
+    when the graph is kept for another backward pass (``retain_graph``): then new tensors, as
+    PyTorch makes them. A large hidden tensor's GELU output is not kept at all: the forward and
+    the backward run GELU and everything after it in row chunks (``_chunked_forward``,
     ``_chunked_backward``), which also saves a hidden-sized tensor of memory per block. When the
     backward is differentiated (``create_graph``): the gradients of a recomputed forward, since
     the tensors made in ``forward`` carry no graph.
     """
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2):
-        hidden = torch.addmm(bias1, x, weight1.t())
+    def forward(ctx, x, weight1, bias1, weight2, bias2, residual, use_onednn):
+        hidden = _product(x, weight1, bias1, use_onednn)
         ctx.chunked = hidden.numel() > MLP_CHUNK_ABOVE_NUMEL
+        ctx.use_onednn = use_onednn
         if ctx.chunked:
             ctx.save_for_backward(x, weight1, bias1, weight2, hidden)
-            return _chunked_forward(hidden, weight2, bias2)
+            return _chunked_forward(hidden, weight2, bias2, residual, use_onednn)
         activation = F.gelu(hidden)
         ctx.save_for_backward(x, weight1, bias1, weight2, hidden, activation)
-        return torch.addmm(bias2, activation, weight2.t())
+        return _product(activation, weight2, bias2, use_onednn, residual)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight1, bias1, weight2, hidden, *activation = ctx.saved_tensors
-        needs = ctx.needs_input_grad
+        needs, use_onednn = ctx.needs_input_grad, ctx.use_onednn
         grad_bias2 = grad.sum(0) if needs[4] else None
+        grad_residual = grad if needs[5] else None
         if torch.is_grad_enabled():
             inputs, grads = (x, weight1, bias1, weight2), [None] * 4
             wanted = [i for i in range(4) if needs[i]]
@@ -268,20 +302,19 @@ class _MLPFunction(torch.autograd.Function):
                                             create_graph=True)
                 for i, found_grad in zip(wanted, found):
                     grads[i] = found_grad
-            return (*grads, grad_bias2)
+            return (*grads, grad_bias2, grad_residual, None)
         if ctx.chunked:
-            return (*_chunked_backward(grad, x, weight1, weight2, hidden, needs), grad_bias2)
+            grads = _chunked_backward(grad, x, weight1, weight2, hidden, needs, use_onednn)
+            return (*grads, grad_bias2, grad_residual, None)
         activation, = activation
-        grad_weight2 = grad.t().mm(activation) if needs[3] else None
-        if _graph_kept():
-            grad_hidden = torch.ops.aten.gelu_backward(grad.mm(weight2), hidden)
-        else:
-            grad_hidden = torch.mm(grad, weight2, out=activation)
-            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
-        grad_x = grad_hidden.mm(weight1) if needs[0] else None
-        grad_weight1 = grad_hidden.t().mm(x) if needs[1] else None
+        grad_weight2 = _weight_grad(grad, activation, use_onednn) if needs[3] else None
+        reuse = None if use_onednn or _graph_kept() else activation
+        grad_hidden = _input_grad(grad, weight2, use_onednn, out=reuse)
+        torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
+        grad_x = _input_grad(grad_hidden, weight1, use_onednn) if needs[0] else None
+        grad_weight1 = _weight_grad(grad_hidden, x, use_onednn) if needs[1] else None
         grad_bias1 = grad_hidden.sum(0) if needs[2] else None
-        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2
+        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, grad_residual, None
 
 
 def row_chunks(num_rows: int, chunk_rows: int, buffer_width: Optional[int],
@@ -334,18 +367,28 @@ def _row_chunks(hidden: torch.Tensor):
     return row_chunks(rows, max(1, MLP_TRAINING_CHUNK_NUMEL // width), width, hidden)
 
 
-def _chunked_forward(hidden, weight2, bias2):
+def _chunked_forward(hidden, weight2, bias2, residual, use_onednn):
     out = hidden.new_empty(hidden.shape[0], weight2.shape[0])
     for chunk, buffer in _row_chunks(hidden):
         activation = torch.ops.aten.gelu.out(hidden[chunk], out=buffer)
-        torch.addmm(bias2, activation, weight2.t(), out=out[chunk])
+        _product(activation, weight2, bias2, use_onednn,
+                 None if residual is None else residual[chunk], out=out[chunk])
     return out
 
 
-def _chunked_backward(grad, x, weight1, weight2, hidden, needs):
+def _add_weight_grad_(total: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
+                      use_onednn: bool) -> None:
+    """``total += _weight_grad(grad, x)``, in the product on PyTorch's (``addmm_``)."""
+    if use_onednn:
+        total += _weight_grad(grad, x, use_onednn)
+    else:
+        total.addmm_(grad.t(), x)
+
+
+def _chunked_backward(grad, x, weight1, weight2, hidden, needs, use_onednn):
     """The gradients of ``_MLPFunction`` (all but pwconv2's bias) chunk by chunk: GELU's output
-    again for pwconv2's weight gradient, then the hidden gradient in the same buffer; the weight
-    gradients summed over the chunks."""
+    again for pwconv2's weight gradient, then the hidden gradient (in the same buffer on
+    PyTorch's products); the weight gradients summed over the chunks."""
     grad_x = torch.empty_like(x) if needs[0] else None
     grad_weight1 = torch.zeros_like(weight1) if needs[1] else None
     grad_bias1 = hidden.new_zeros(hidden.shape[1]) if needs[2] else None
@@ -353,23 +396,31 @@ def _chunked_backward(grad, x, weight1, weight2, hidden, needs):
     for chunk, buffer in _row_chunks(hidden):
         if grad_weight2 is not None:
             activation = torch.ops.aten.gelu.out(hidden[chunk], out=buffer)
-            grad_weight2.addmm_(grad[chunk].t(), activation)
-        grad_hidden = torch.mm(grad[chunk], weight2, out=buffer)
+            _add_weight_grad_(grad_weight2, grad[chunk], activation, use_onednn)
+        grad_hidden = _input_grad(grad[chunk], weight2, use_onednn, out=buffer)
         torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden[chunk],
                                                 grad_input=grad_hidden)
         if grad_x is not None:
-            torch.mm(grad_hidden, weight1, out=grad_x[chunk])
+            if use_onednn:
+                grad_x[chunk] = _input_grad(grad_hidden, weight1, use_onednn)
+            else:
+                torch.mm(grad_hidden, weight1, out=grad_x[chunk])
         if grad_weight1 is not None:
-            grad_weight1.addmm_(grad_hidden.t(), x[chunk])
+            _add_weight_grad_(grad_weight1, grad_hidden, x[chunk], use_onednn)
         if grad_bias1 is not None:
             grad_bias1.add_(grad_hidden.sum(0))
     return grad_x, grad_weight1, grad_bias1, grad_weight2
 
 
 def mlp_training(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
-                 weight2: torch.Tensor, bias2: torch.Tensor) -> torch.Tensor:
-    """``_MLPFunction`` on the last dimension of ``x``."""
-    out = _MLPFunction.apply(x.reshape(-1, x.shape[-1]), weight1, bias1, weight2, bias2)
+                 weight2: torch.Tensor, bias2: torch.Tensor,
+                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``_MLPFunction`` on the last dimension of ``x`` (and ``residual``), on oneDNN's linear
+    kernel where it pays (``_onednn_fp32_cpu``)."""
+    rows = x.reshape(-1, x.shape[-1])
+    residual_rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
+    out = _MLPFunction.apply(rows, weight1, bias1, weight2, bias2, residual_rows,
+                             _onednn_fp32_cpu(x))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
