@@ -285,13 +285,13 @@ def count_matrix_products(names):
 
 def onednn_linear_calls(names):
     """(``linear_gelu`` calls, ``linear`` calls) among profiled operator names: a block on the
-    inference path calls one of each, on the compiled training path (and with GRN) ``linear``
-    twice. The two oneDNN kernels of each eager training MLP (``_MLPFunction``) on oneDNN's
-    kernels are not counted."""
+    inference path calls one of each, a training block with GRN ``linear`` twice. The two
+    oneDNN kernels of each training MLP on oneDNN's kernels (``_MLPFunction`` in eager mode,
+    the ``onednn_mlp`` op compiled) are not counted."""
     # Only ops with an autograd formula show under their own name; each call runs one kernel.
     kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
     if layers.USE_ONEDNN_LINEAR and torch.backends.mkldnn.enabled:
-        kernels -= 2 * names.count('_MLPFunction')
+        kernels -= 2 * (names.count('_MLPFunction') + names.count('convnext_mm::onednn_mlp'))
     linear_calls = names.count('convnext_mm::linear')
     return kernels - linear_calls, linear_calls
 
@@ -452,7 +452,7 @@ def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
     model = randomize_(ConvNeXt('atto', use_grn=use_grn,
                                 drop_path_rate=drop_path_rate)).train()
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format).requires_grad_()
-    calls = step_with_and_without(monkeypatch, model, x, 'eager_cpu_training',
+    calls = step_with_and_without(monkeypatch, model, x, 'mlp_function_training',
                                   'onednn_training')
     blocks = sum(model.depths)
     assert calls == [(0, 2 * blocks, 0) if use_grn else (0, 0, blocks), (0, 0, 0)]
@@ -494,7 +494,7 @@ def test_training_mlp_function_with_the_same_gradients(
     monkeypatch.setattr(layers, '_chunked_backward',
                         lambda *args, real=layers._chunked_backward:
                         chunked_backwards.append(1) or real(*args))
-    step_with_and_without(monkeypatch, model, x, 'eager_cpu_training', 'onednn_training')
+    step_with_and_without(monkeypatch, model, x, 'mlp_function_training', 'onednn_training')
     recorded_blocks = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
     assert len(mlp_calls) == recorded_blocks
     if chunked:
@@ -563,7 +563,7 @@ def test_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass,
         return [p.grad for p in params]
 
     ours = gradients()
-    monkeypatch.setattr(convnext_module, 'eager_cpu_training', lambda *args: False)
+    monkeypatch.setattr(convnext_module, 'mlp_function_training', lambda *args: False)
     monkeypatch.setattr(convnext_module, 'onednn_training', lambda *args: False)
     for grad, expected in zip(ours, gradients()):
         torch.testing.assert_close(grad, expected, rtol=1e-4,
@@ -754,23 +754,34 @@ def test_compiles_without_graph_breaks(training, onednn):
 
 
 @pytest.mark.usefixtures('onednn_linear')
-@pytest.mark.parametrize('training', [False, True])
-def test_inductor_keeps_the_onednn_kernels(training):
-    """The oneDNN kernels are custom ops with fake-tensor kernels (and, for the training path,
-    an autograd formula), which inductor keeps as they are; outputs and gradients are those of
-    the plain layers in eager mode."""
-    model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32])))
-    model.train(training)
+@pytest.mark.parametrize('training', ['', 'kept', 'chunked'])
+def test_inductor_keeps_the_onednn_kernels(monkeypatch, training):
+    """The oneDNN kernels are custom ops with fake-tensor kernels (and, for training, an
+    autograd formula), which inductor keeps as they are: in inference Linear+GELU and
+    Linear+add, in training the MLP op (GELU output kept, or computed again in chunks; here
+    with stage 0 frozen and an input gradient, so that its blocks need no weight gradient).
+    Outputs and gradients are those of the plain layers in eager mode."""
+    if training == 'chunked':
+        chunk_the_mlp(monkeypatch)
+    model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32]),
+                                frozen_stages=0 if training else -1))
+    model.train(bool(training))
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(bool(training))
     # Static shapes: other tests compile the same code with other shapes, and inductor in
     # torch 2.14 fails on training graphs with dynamic sizes (timm's ConvNeXt too).
+    torch._dynamo.reset()  # other tests' compiles of the blocks count towards the recompile limit
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.set_grad_enabled(training):
+    with torch.set_grad_enabled(bool(training)):
         compiled(x)
-        *calls, outs = count_onednn_linear_calls(lambda: compiled(x))
+        names, outs = profiled_op_names(lambda: compiled(x))
         with torch.backends.mkldnn.flags(enabled=False):
             expected = model(x)
-    assert calls == ([0, 8] if training else [4, 4])
+    kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
+    calls = [names.count('convnext_mm::linear'), names.count('convnext_mm::onednn_mlp')]
+    # chunked: stage 0's 768 rows make two chunks of pwconv2 (500 rows of 32 hidden values)
+    assert calls == ([0, 4] if training else [4, 0])
+    assert kernels == 8 + (training == 'chunked') and count_matrix_products(names) == 0
     for out, ref in zip(outs, expected):
         assert out.is_contiguous()
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -778,8 +789,9 @@ def test_inductor_keeps_the_onednn_kernels(training):
         grads = []
         for result in (outs, expected):
             model.zero_grad(set_to_none=True)
+            x.grad = None
             sum((out * out).sum() for out in result).backward()
-            grads.append([p.grad for p in model.parameters()])
+            grads.append([p.grad for p in model.parameters() if p.requires_grad] + [x.grad])
         for grad, ref in zip(*grads):
             torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
 

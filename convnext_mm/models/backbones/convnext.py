@@ -13,7 +13,7 @@ from mmengine.registry import MODELS
 from ...checkpoint import load_pretrained
 from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, cpu_inference,
                      inference_tail_, linear_gelu, mlp_training, onednn_inference, onednn_linear,
-                     eager_cpu_training, onednn_training, stochastic_depth_factor)
+                     mlp_function_training, onednn_training, stochastic_depth_factor)
 
 NUM_STAGES = 4
 STAGE_STRIDES = (4, 8, 16, 32)
@@ -44,13 +44,14 @@ class ConvNeXtBlock(nn.Module):
     that ``torch.compile`` keeps; on oneDNN's kernels where the hidden tensor is large). Where
     oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen
     stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``).
-    fp32 eager CPU training runs Linear -> GELU -> Linear (+ shortcut) as one autograd function
+    fp32 CPU training runs Linear -> GELU -> Linear (+ shortcut) as one autograd function
     (``mlp_training``) whose backward makes few hidden-sized tensors and which, for a large
-    hidden tensor, keeps no GELU output and computes it again chunk by chunk; its products run
-    on oneDNN's kernel where that pays (bias and shortcut added inside the product), else on
-    PyTorch's. Compiled fp32 training (and blocks with GRN) runs the Linear layers as oneDNN's
-    kernel with its own autograd formula (``onednn_linear``) where that pays. Same outputs and
-    gradients up to float rounding.
+    hidden tensor, keeps no GELU output and computes it again chunk by chunk: in eager mode on
+    oneDNN's kernel where that pays (bias and shortcut added inside the product) or PyTorch's
+    products, and compiled as custom ops on oneDNN's kernel (on PyTorch's products inductor
+    compiles the plain layers). Blocks with GRN run the Linear layers as oneDNN's kernel with
+    its own autograd formula (``onednn_linear``) where that pays. Same outputs and gradients up
+    to float rounding.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
@@ -81,7 +82,7 @@ class ConvNeXtBlock(nn.Module):
         if self._in_chunks(y, shortcut):
             return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
         y = self.norm(y)
-        if self.grn is None and eager_cpu_training(y, self.pwconv1, self.pwconv2, self.gamma):
+        if self.grn is None and mlp_function_training(y, self.pwconv1, self.pwconv2, self.gamma):
             # Folding the scale costs passes (forward and backward) over pwconv2's 4C x C
             # weight; the scale in the add as many over the rows x C output, on new tensors
             # where the folded add works in place: fold unless the weight is over twice as big.

@@ -1,5 +1,5 @@
 """Small building blocks of the ConvNeXt backbone."""
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -106,11 +106,12 @@ def onednn_training(x: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and _onednn_fp32_cpu(x)
 
 
-def eager_cpu_training(x: torch.Tensor, *modules_or_tensors) -> bool:
-    """fp32 CPU training in eager mode: autograd records (not ``cpu_inference``) and inductor
-    is not tracing. Where ``mlp_training`` stands in for Linear -> GELU -> Linear."""
+def mlp_function_training(x: torch.Tensor, *modules_or_tensors) -> bool:
+    """fp32 CPU training where ``mlp_training`` stands in for Linear -> GELU -> Linear:
+    autograd records (not ``cpu_inference``), in eager mode or, on oneDNN's kernels
+    (``_onednn_fp32_cpu``), compiled too."""
     return (_fp32_cpu(x) and not cpu_inference(x, *modules_or_tensors)
-            and not torch.compiler.is_compiling())
+            and (not torch.compiler.is_compiling() or _onednn_fp32_cpu(x)))
 
 
 def _onednn_product(x: torch.Tensor, weight: torch.Tensor,
@@ -277,21 +278,17 @@ class _MLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight1, bias1, weight2, bias2, residual, use_onednn):
-        hidden = _product(x, weight1, bias1, use_onednn)
-        ctx.chunked = hidden.numel() > MLP_CHUNK_ABOVE_NUMEL
+        out, hidden, activation = _mlp_forward(x, weight1, bias1, weight2, bias2, residual,
+                                               use_onednn, _mlp_chunked(x, weight1))
         ctx.use_onednn = use_onednn
-        if ctx.chunked:
-            ctx.save_for_backward(x, weight1, bias1, weight2, hidden)
-            return _chunked_forward(hidden, weight2, bias2, residual, use_onednn)
-        activation = F.gelu(hidden)
-        ctx.save_for_backward(x, weight1, bias1, weight2, hidden, activation)
-        return _product(activation, weight2, bias2, use_onednn, residual)
+        ctx.save_for_backward(x, weight1, bias1, weight2, hidden,
+                              *([] if activation is None else [activation]))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight1, bias1, weight2, hidden, *activation = ctx.saved_tensors
         needs, use_onednn = ctx.needs_input_grad, ctx.use_onednn
-        grad_bias2 = grad.sum(0) if needs[4] else None
         grad_residual = grad if needs[5] else None
         if torch.is_grad_enabled():
             inputs, grads = (x, weight1, bias1, weight2), [None] * 4
@@ -302,19 +299,109 @@ class _MLPFunction(torch.autograd.Function):
                                             create_graph=True)
                 for i, found_grad in zip(wanted, found):
                     grads[i] = found_grad
-            return (*grads, grad_bias2, grad_residual, None)
-        if ctx.chunked:
-            grads = _chunked_backward(grad, x, weight1, weight2, hidden, needs, use_onednn)
-            return (*grads, grad_bias2, grad_residual, None)
-        activation, = activation
-        grad_weight2 = _weight_grad(grad, activation, use_onednn) if needs[3] else None
-        reuse = None if use_onednn or _graph_kept() else activation
-        grad_hidden = _input_grad(grad, weight2, use_onednn, out=reuse)
-        torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
-        grad_x = _input_grad(grad_hidden, weight1, use_onednn) if needs[0] else None
-        grad_weight1 = _weight_grad(grad_hidden, x, use_onednn) if needs[1] else None
-        grad_bias1 = grad_hidden.sum(0) if needs[2] else None
-        return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2, grad_residual, None
+            return (*grads, grad.sum(0) if needs[4] else None, grad_residual, None)
+        activation = activation[0] if activation else None
+        reuse = activation is not None and not use_onednn and not _graph_kept()
+        grads = _mlp_backward(grad, x, weight1, weight2, hidden, activation, needs[:5],
+                              use_onednn, reuse)
+        return (*grads, grad_residual, None)
+
+
+def _mlp_chunked(x: torch.Tensor, weight1: torch.Tensor) -> bool:
+    """Whether the MLP's hidden tensor is large enough to run GELU in chunks."""
+    return x.shape[0] * weight1.shape[0] > MLP_CHUNK_ABOVE_NUMEL
+
+
+def _mlp_forward(x, weight1, bias1, weight2, bias2, residual, use_onednn, chunked):
+    """(the MLP's output, pwconv1's output, GELU's output or, ``chunked``, None: GELU runs in
+    chunks)."""
+    hidden = _product(x, weight1, bias1, use_onednn)
+    if chunked:
+        return _chunked_forward(hidden, weight2, bias2, residual, use_onednn), hidden, None
+    activation = F.gelu(hidden)
+    return _product(activation, weight2, bias2, use_onednn, residual), hidden, activation
+
+
+def _mlp_backward(grad, x, weight1, weight2, hidden, activation, needs, use_onednn, reuse):
+    """The gradients of x, weight1, bias1, weight2 and bias2 where ``needs`` says (None
+    elsewhere), from ``_mlp_forward``'s tensors; ``reuse``: the hidden gradient may be written
+    over the GELU output (on PyTorch's products, where the graph is not kept)."""
+    grad_bias2 = grad.sum(0) if needs[4] else None
+    if activation is None:
+        return (*_chunked_backward(grad, x, weight1, weight2, hidden, needs, use_onednn),
+                grad_bias2)
+    grad_weight2 = _weight_grad(grad, activation, use_onednn) if needs[3] else None
+    grad_hidden = _input_grad(grad, weight2, use_onednn, out=activation if reuse else None)
+    torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
+    grad_x = _input_grad(grad_hidden, weight1, use_onednn) if needs[0] else None
+    grad_weight1 = _weight_grad(grad_hidden, x, use_onednn) if needs[1] else None
+    grad_bias1 = grad_hidden.sum(0) if needs[2] else None
+    return grad_x, grad_weight1, grad_bias1, grad_weight2, grad_bias2
+
+
+# The MLP function on oneDNN's kernels as custom ops, for compiled training: dynamo would trace
+# into the autograd function, and inductor runs trainable Linear layers on MKL's products.
+@torch.library.custom_op('convnext_mm::onednn_mlp', mutates_args=())
+def onednn_mlp(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
+               weight2: torch.Tensor, bias2: torch.Tensor, residual: Optional[torch.Tensor],
+               chunked: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_mlp_forward`` on oneDNN's kernel: (output, pwconv1's output, GELU's output, with no
+    rows where GELU runs in chunks)."""
+    out, hidden, activation = _mlp_forward(x, weight1, bias1, weight2, bias2, residual, True,
+                                           chunked)
+    return out, hidden, x.new_empty(0, hidden.shape[1]) if activation is None else activation
+
+
+@torch.library.custom_op('convnext_mm::onednn_mlp_backward', mutates_args=())
+def onednn_mlp_backward(grad: torch.Tensor, x: torch.Tensor, weight1: torch.Tensor,
+                        weight2: torch.Tensor, hidden: torch.Tensor, activation: torch.Tensor,
+                        chunked: bool, needs: List[bool]) -> List[torch.Tensor]:
+    """``_mlp_backward`` on oneDNN's kernel; tensors with no values for the gradients not
+    needed (an op returns no None)."""
+    grads = _mlp_backward(grad, x, weight1, weight2, hidden, None if chunked else activation,
+                          needs, True, reuse=False)
+    return [_no_values(shape, x) if g is None else g
+            for g, shape in zip(grads, _mlp_grad_shapes(x, weight1, weight2))]
+
+
+def _mlp_grad_shapes(x, weight1, weight2):
+    return [x.shape, weight1.shape, weight1.shape[:1], weight2.shape, weight2.shape[:1]]
+
+
+def _no_values(shape, like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0, ) * len(shape))
+
+
+@onednn_mlp.register_fake
+def _onednn_mlp_fake(x, weight1, bias1, weight2, bias2, residual, chunked):
+    hidden = x.new_empty(x.shape[0], weight1.shape[0])
+    return (x.new_empty(x.shape[0], weight2.shape[0]), hidden,
+            x.new_empty(0, hidden.shape[1]) if chunked else torch.empty_like(hidden))
+
+
+@onednn_mlp_backward.register_fake
+def _onednn_mlp_backward_fake(grad, x, weight1, weight2, hidden, activation, chunked, needs):
+    return [x.new_empty(shape) if need else _no_values(shape, x)
+            for shape, need in zip(_mlp_grad_shapes(x, weight1, weight2), needs)]
+
+
+def _onednn_mlp_setup_context(ctx, inputs, output):
+    x, weight1, _, weight2, _, residual, ctx.chunked = inputs
+    _, hidden, activation = output
+    ctx.save_for_backward(x, weight1, weight2, hidden, activation)
+    ctx.has_residual = residual is not None
+
+
+def _onednn_mlp_backward(ctx, grad, *_):
+    x, weight1, weight2, hidden, activation = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = onednn_mlp_backward(grad, x, weight1, weight2, hidden, activation, ctx.chunked,
+                                needs)
+    return (*[g if need else None for g, need in zip(grads, needs)],
+            grad if ctx.has_residual else None, None)
+
+
+onednn_mlp.register_autograd(_onednn_mlp_backward, setup_context=_onednn_mlp_setup_context)
 
 
 def row_chunks(num_rows: int, chunk_rows: int, buffer_width: Optional[int],
@@ -416,11 +503,15 @@ def mlp_training(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
                  weight2: torch.Tensor, bias2: torch.Tensor,
                  residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``_MLPFunction`` on the last dimension of ``x`` (and ``residual``), on oneDNN's linear
-    kernel where it pays (``_onednn_fp32_cpu``)."""
+    kernel where it pays (``_onednn_fp32_cpu``); compiled, the ``onednn_mlp`` op."""
     rows = x.reshape(-1, x.shape[-1])
     residual_rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
-    out = _MLPFunction.apply(rows, weight1, bias1, weight2, bias2, residual_rows,
-                             _onednn_fp32_cpu(x))
+    use_onednn = _onednn_fp32_cpu(x)
+    if use_onednn and torch.compiler.is_compiling():
+        out = onednn_mlp(rows, weight1, bias1, weight2, bias2, residual_rows,
+                         _mlp_chunked(rows, weight1))[0]
+    else:
+        out = _MLPFunction.apply(rows, weight1, bias1, weight2, bias2, residual_rows, use_onednn)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
