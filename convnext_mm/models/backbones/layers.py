@@ -114,10 +114,13 @@ def mlp_function_training(x: torch.Tensor, *modules_or_tensors) -> bool:
             and (not torch.compiler.is_compiling() or _onednn_fp32_cpu(x)))
 
 
-def _onednn_product(x: torch.Tensor, weight: torch.Tensor,
-                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x @ weight.t() (+ bias)`` on oneDNN's linear kernel, with no fused post-op."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+def _onednn_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                    residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x @ weight.t() [+ bias] [+ residual]`` on oneDNN's linear kernel, the residual added
+    inside it (the binary variant)."""
+    if residual is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
 
 
 # The oneDNN kernels are custom ops so that torch.compile keeps them as they are: inductor
@@ -140,9 +143,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     inside the product kernel. Its autograd formula (``_linear_backward``) takes 2-D tensors
     (``onednn_linear``).
     """
-    if residual is None:
-        return _onednn_product(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+    return _onednn_product(x, weight, bias, residual)
 
 
 def _input_grad(grad: torch.Tensor, weight: torch.Tensor, use_onednn: bool,
@@ -248,10 +249,7 @@ def _product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, use_oned
     """``x @ weight.t() + bias [+ residual]``: on oneDNN's linear kernel (bias and residual
     added inside it) a new tensor, copied into ``out`` if given; else ``addmm``, into ``out``."""
     if use_onednn:
-        if residual is None:
-            result = _onednn_product(x, weight, bias)
-        else:
-            result = torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
+        result = _onednn_product(x, weight, bias, residual)
         return result if out is None else out.copy_(result)
     result = torch.addmm(bias, x, weight.t(), out=out)
     return result if residual is None else result.add_(residual)
