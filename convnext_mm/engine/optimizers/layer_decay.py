@@ -80,6 +80,10 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             raise ValueError(f'paramwise_cfg.num_layers must be a positive int or omitted, '
                              f'got {num_layers!r}')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        # The runner passes a ConfigDict, which would turn each param group put into it into a
+        # ConfigDict too; torch.compile cannot trace an optimizer step over those (mmengine's
+        # `compile`, which compiles the whole train_step), so the groups stay plain dicts.
+        self.optimizer_cfg = dict(self.optimizer_cfg)
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         backbone = getattr(module, 'backbone', None)
