@@ -2,6 +2,7 @@
 import os.path as osp
 
 import pytest
+import torch
 import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import BaseModel
@@ -59,9 +60,10 @@ class TinyDetector(BaseModel):
 
 
 def build(model, wrapper='OptimWrapper', **paramwise_cfg):
-    return build_optim_wrapper(model, dict(
+    """The optimizer wrapper, built from a ConfigDict as the runner builds it."""
+    return build_optim_wrapper(model, Config(dict(optim_wrapper=dict(
         type=wrapper, optimizer=OPTIMIZER, paramwise_cfg=paramwise_cfg,
-        constructor='ConvNeXtLayerDecayOptimizerConstructor'))
+        constructor='ConvNeXtLayerDecayOptimizerConstructor'))).optim_wrapper)
 
 
 @pytest.mark.parametrize('decay_type', ['layer_wise', 'stage_wise'])
@@ -165,20 +167,15 @@ def test_works_with_ddp_wrapped_model(tmp_path):
         dist.destroy_process_group()
 
 
-
 def test_compiled_optimizer_step_from_a_runner_config():
     """The runner builds the constructor from a ConfigDict; the param groups must stay plain
     dicts, which torch.compile can trace (mmengine's `compile` compiles the optimizer step as
     part of train_step). Compiled and eager steps give the same parameters."""
-    import torch
     torch.manual_seed(0)
     arch = dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])
     models = [TinyDetector(backbone=ConvNeXt(arch)) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    cfg = Config(dict(optim_wrapper=dict(
-        optimizer=OPTIMIZER, paramwise_cfg=dict(decay_rate=0.7),
-        constructor='ConvNeXtLayerDecayOptimizerConstructor'))).optim_wrapper
-    wrappers = [build_optim_wrapper(model, cfg) for model in models]
+    wrappers = [build(model, decay_rate=0.7) for model in models]
 
     def step(model, optim_wrapper, x, target):
         optim_wrapper.update_params((model.backbone(x)[-1] - target).square().mean())
