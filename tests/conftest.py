@@ -63,8 +63,14 @@ def run_tool(args, timeout=900, **kwargs) -> str:
     return out.stdout + out.stderr
 
 
+# mmengine validates after the last epoch or iteration whatever val_interval says: training
+# runs that test something else leave validation out (as `make demo` does).
+NO_VALIDATION = {'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None}
+
+
 def cfg_options(root: str, **extra) -> list:
-    """``--cfg-options`` pointing a demo config's dataloaders at ``root``, logging every iter."""
+    """``--cfg-options`` pointing a demo config's dataloaders at ``root``, logging every iter;
+    with ``**NO_VALIDATION`` in ``extra``, without validation."""
     options = {
         'train_dataloader.dataset.data_root': root,
         'val_dataloader.dataset.data_root': root,
@@ -73,6 +79,8 @@ def cfg_options(root: str, **extra) -> list:
         'randomness.seed': 0,
     }
     options.update(extra)
+    if 'val_cfg' in extra and extra['val_cfg'] is None:
+        options = {k: v for k, v in options.items() if not k.startswith('val_') or v is None}
     return ['--cfg-options'] + [f'{k}={v}' for k, v in options.items()]
 
 

@@ -1,16 +1,17 @@
 """ConvNeXt backbone: numerics against timm and torchvision, shapes, options."""
+import copy
 import os
 import subprocess
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, randomize_
 
-from convnext_mm import ConvNeXt
-from convnext_mm.models.backbones import layers
-from convnext_mm.models.backbones.convnext import ConvNeXtBlock
+from convnext_mm import ConvNeXt, ops
+from convnext_mm.models.backbones import ConvNeXtBlock
 
 timm = pytest.importorskip('timm')
 torchvision = pytest.importorskip('torchvision')
@@ -185,16 +186,27 @@ def test_autocast_training_step_matches_timm(tmp_path, memory_format):
     autocast_step_matches_timm(tmp_path, torch.device('cpu'), torch.bfloat16, memory_format)
 
 
+def profiled_op_names(fn):
+    """(the names of the operators fn runs on the CPU, in order, fn's result)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return [e.name for e in prof.events()], result
+
+
+def count_matrix_products(names):
+    """PyTorch's matrix products (``addmm`` or ``mm``) among profiled operator names."""
+    return sum(name in ('aten::addmm', 'aten::mm') for name in names)
+
+
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('input_requires_grad', [True, False])
 @pytest.mark.parametrize('batch', [3, 0])
 def test_depthwise_conv_gradients_equal_pytorch_conv2d(memory_format, input_requires_grad, batch):
-    from convnext_mm.models.backbones.layers import DepthwiseConv2d
-    conv = randomize_(DepthwiseConv2d(12, 7)).double()
+    conv = randomize_(torch.nn.Conv2d(12, 12, 7, padding=3, groups=12)).double()
     x = torch.randn(batch, 12, 9, 13, dtype=torch.float64).contiguous(memory_format=memory_format)
     grad = torch.randn(batch, 12, 9, 13, dtype=torch.float64)
     results = []
-    for forward in (conv, lambda inp: F.conv2d(inp, conv.weight, conv.bias, padding=3, groups=12)):
+    for forward in (lambda inp: ops.depthwise_conv2d(inp, conv.weight, conv.bias), conv):
         inp = x.clone().requires_grad_(input_requires_grad)
         out = forward(inp)
         out.backward(grad)
@@ -206,8 +218,8 @@ def test_depthwise_conv_gradients_equal_pytorch_conv2d(memory_format, input_requ
 
 
 def test_flop_counter_sees_every_layer_with_autograd_on():
-    """The CPU training fast paths (custom depthwise backward, folded layer scale) step
-    aside under tracing, so FLOP counters see the same layers with and without no_grad."""
+    """The CPU accelerators step aside under tracing, so FLOP counters see the same layers
+    with and without no_grad."""
     from mmengine.analysis import FlopAnalyzer
     model = ConvNeXt('atto').train()
     x = torch.zeros(1, 3, 64, 64)
@@ -223,330 +235,135 @@ def test_flop_counter_sees_every_layer_with_autograd_on():
 
 
 @pytest.fixture
-def onednn_linear(monkeypatch):
-    """oneDNN's linear kernels on whatever the CPU (by default only where ATen runs AVX-512
-    code), so that their paths are tested on every machine with oneDNN."""
-    if not layers.ONEDNN_LINEAR_AVAILABLE:
-        pytest.skip('needs oneDNN on x86')
-    monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', True)
+def accelerator_calls(monkeypatch):
+    """Counts the calls of each CPU accelerator (by its name in ``ops.ENABLED``)."""
+    calls = dict.fromkeys(ops.ENABLED, 0)
+    for name, function in [('depthwise_backward', 'depthwise_conv2d'),
+                           ('inference_mlp', 'mlp_inference_')]:
+        def spy(*args, name=name, real=getattr(ops, function)):
+            calls[name] += 1
+            return real(*args)
+        monkeypatch.setattr(ops, function, spy)
+    return calls
 
 
-@pytest.fixture
-def plain_linear(monkeypatch):
-    """oneDNN's linear kernels off (as on CPUs without AVX-512): PyTorch's products run."""
-    monkeypatch.setattr(layers, 'USE_ONEDNN_LINEAR', False)
+def accelerators(enabled: bool):
+    """Every CPU accelerator on or off (what CONVNEXT_MM_FAST_CPU sets at import)."""
+    return patch.dict(ops.ENABLED, dict.fromkeys(ops.ENABLED, enabled))
 
 
-@pytest.fixture(params=[True, False], ids=['onednn', 'plain'])
-def onednn(request):
-    """The test runs with oneDNN's linear kernels forced on (``onednn_linear``) and off
-    (``plain_linear``); the value says which."""
-    request.getfixturevalue('onednn_linear' if request.param else 'plain_linear')
-    return request.param
-
-
-def test_onednn_linear_kernels_run_only_where_aten_runs_avx512():
-    """On this machine the switch follows ATen's CPU capability; with the capability lowered to
-    AVX2 (as on an AVX2 CPU) inference and training run no oneDNN linear kernel."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    assert layers.USE_ONEDNN_LINEAR == (capability == 'AVX512'
-                                        and layers.ONEDNN_LINEAR_AVAILABLE)
-    code = (
-        'import torch\n'
-        'from convnext_mm import ConvNeXt\n'
-        'from convnext_mm.models.backbones import layers\n'
-        'model, x = ConvNeXt("atto"), torch.randn(1, 3, 64, 64)\n'
-        'cpu = [torch.profiler.ProfilerActivity.CPU]\n'
-        'with torch.profiler.profile(activities=cpu) as prof:\n'
-        '    with torch.no_grad():\n'
-        '        model.eval()(x)\n'
-        '    sum(out.sum() for out in model.train()(x)).backward()\n'
-        'names = [e.name for e in prof.events()]\n'
-        'print(torch.backends.cpu.get_cpu_capability(), layers.USE_ONEDNN_LINEAR,\n'
-        '      sum(n.startswith("mkldnn::_linear_pointwise") for n in names),\n'
-        '      sum(n in ("aten::addmm", "aten::mm") for n in names) > 0)\n')
-    env = dict(os.environ, ATEN_CPU_CAPABILITY='avx2')
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == ['AVX2', 'False', '0', 'True']
-
-
-def profiled_op_names(fn):
-    """(the names of the operators fn runs on the CPU, in order, fn's result)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        result = fn()
-    return [e.name for e in prof.events()], result
-
-
-def count_matrix_products(names):
-    """PyTorch's matrix products (``addmm`` or ``mm``) among profiled operator names."""
-    return sum(name in ('aten::addmm', 'aten::mm') for name in names)
-
-
-def onednn_linear_calls(names):
-    """(``linear_gelu`` calls, ``linear`` calls) among profiled operator names: a block on the
-    inference path calls one of each, a training block with GRN ``linear`` twice. The two
-    oneDNN kernels of each training MLP on oneDNN's kernels (``_MLPFunction`` in eager mode,
-    the ``onednn_mlp`` op compiled) are not counted."""
-    # Only ops with an autograd formula show under their own name; each call runs one kernel.
-    kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
-    if layers.USE_ONEDNN_LINEAR and torch.backends.mkldnn.enabled:
-        kernels -= 2 * (names.count('_MLPFunction') + names.count('convnext_mm::onednn_mlp'))
-    linear_calls = names.count('convnext_mm::linear')
-    return kernels - linear_calls, linear_calls
-
-
-def count_onednn_linear_calls(fn):
-    """(``linear_gelu`` calls, ``linear`` calls, fn's result)."""
-    names, result = profiled_op_names(fn)
-    return (*onednn_linear_calls(names), result)
-
-
-@pytest.mark.usefixtures('onednn_linear')
-@pytest.mark.parametrize('use_grn', [False, True])
-def test_inference_uses_onednn_fused_linears_with_the_same_outputs(use_grn):
-    """In fp32 CPU inference each block runs Linear+GELU and Linear+add as two fused oneDNN
-    kernels; with oneDNN switched off the plain layers run and give the same outputs."""
-    model = randomize_(ConvNeXt('atto', use_grn=use_grn)).eval()
-    x = torch.randn(2, 3, 64, 96)
-    blocks = sum(model.depths)
-    with torch.no_grad():
-        *fused_calls, outs = count_onednn_linear_calls(lambda: model(x))
-        with torch.backends.mkldnn.flags(enabled=False):
-            *plain_calls, expected = count_onednn_linear_calls(lambda: model(x))
-    assert fused_calls == [blocks, blocks] and plain_calls == [0, 0]
-    for out, ref in zip(outs, expected):
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    names, _ = profiled_op_names(lambda: model(x))
-    with_grad_calls = [*onednn_linear_calls(names), names.count('_MLPFunction')]
-    assert with_grad_calls == ([0, 2 * blocks, 0] if use_grn else [0, 0, blocks])
-
-
-@pytest.mark.skipif(not layers.ONEDNN_LINEAR_AVAILABLE, reason='needs oneDNN')
-@pytest.mark.parametrize('rows,in_features,out_features', [
-    (50, 8, 32), (50, 32, 8), (0, 8, 32)])
-def test_linear_weight_grad_is_the_product_in_the_weight_layout(rows, in_features, out_features):
-    """oneDNN's weight gradient of the training Linear op, whichever width goes first, is
-    ``grad.t() @ x``, contiguous like the weight; zero for no rows."""
-    grad, x = torch.randn(rows, out_features), torch.randn(rows, in_features)
-    result = layers.linear_weight_grad(grad, x)
-    assert result.shape == (out_features, in_features) and result.is_contiguous()
-    torch.testing.assert_close(result, grad.t() @ x, rtol=1e-5, atol=1e-5)
-
-
-def count_mlp_products(fn, onednn):
-    """(calls of the first MLP product, of the second, fn's result): ``linear_gelu`` and
-    ``linear`` calls with oneDNN's kernels; without them PyTorch's matrix products (``addmm``
-    or ``mm``), two per MLP, halved."""
-    if onednn:
-        return count_onednn_linear_calls(fn)
-    names, result = profiled_op_names(fn)
-    products = count_matrix_products(names)
-    return products / 2, products / 2, result
-
-
-@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
-        monkeypatch, memory_format, onednn):
-    """Eager inference runs a block's LayerNorm and MLP MLP_CHUNK_ROWS rows at a time (the last
-    chunk shorter), writing over the depthwise convolution's output, never over the block's
-    input: on PyTorch's products in every block, on oneDNN's kernels where the block's hidden
-    tensor exceeds MLP_CHUNK_ABOVE_NUMEL values. Outputs equal the unchunked layers' up to
-    float rounding. Not with autograd, and not where stochastic depth applies."""
-    import convnext_mm.models.backbones.convnext as convnext_module
-    model = randomize_(ConvNeXt('atto')).eval()
-    x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
-    stage_rows = [2 * 16 * 24 // 4**i for i in range(4)]  # 768, 192, 48, 12
-    hidden = 4 * model.out_channels[0]
-    chunk_rows, blocks = 100, sum(model.depths)
-    chunking = {'on': False}
-    monkeypatch.setattr(ConvNeXtBlock, '_in_chunks',
-                        lambda self, *args, real=ConvNeXtBlock._in_chunks:
-                        chunking['on'] and real(self, *args))
-    # stage 0 (768 x 160 hidden values, one over the threshold) is chunked on oneDNN's kernels,
-    # stage 1 (192 x 320, half of it) is not
-    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', stage_rows[0] * hidden - 1)
-    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', chunk_rows)
-    with torch.no_grad():
-        *unchunked_calls, expected = count_mlp_products(lambda: model(x), onednn)
-        chunking['on'] = True
-        *chunked_calls, outs = count_mlp_products(lambda: model(x), onednn)
-    assert unchunked_calls == [blocks, blocks]
-    chunks = [-(-rows // chunk_rows) for rows in stage_rows]  # 8 (the last of 68 rows), 2, 1, 1
-    chunked_stages = 1 if onednn else 4
-    extra_calls = sum(depth * (n - 1) for depth, n in zip(model.depths[:chunked_stages], chunks))
-    assert chunked_calls == [blocks + extra_calls] * 2
-    for out, ref in zip(outs, expected):
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    names, _ = profiled_op_names(lambda: model(x))
-    assert names.count('_MLPFunction') == blocks
-    # drop-path rates rise linearly from 0: only the first block has none and is chunked
-    drop_path_model = ConvNeXt('atto', drop_path_rate=0.5).train()
-    with torch.no_grad():
-        *drop_path_calls, _ = count_mlp_products(lambda: drop_path_model(x), onednn)
-    assert drop_path_calls == ([blocks + chunks[0] - 1, chunks[0]] if onednn else
-                               [blocks + chunks[0] - 1] * 2)
-    # a block called on its own: the chunked result, and its input left as it was
-    block = model.stages[0][0]
-    block_input = torch.randn(2, 40, 16, 24).to(memory_format=torch.channels_last)
-    untouched = block_input.clone()
-    with torch.no_grad():
-        chunked = block(block_input)
-        chunking['on'] = False
-        torch.testing.assert_close(chunked, block(block_input), rtol=1e-5, atol=1e-5)
-    assert torch.equal(block_input, untouched)
-
-
-def step_with_and_without(monkeypatch, model, x, *fast_paths):
-    """A training step, then the same step with ``fast_paths`` (rules in the backbone module)
-    switched off; the outputs, the gradients of the trainable parameters and, if it needs one,
-    of the input agree. For each step: (``linear_gelu`` calls, ``linear`` calls, training MLP
-    function calls)."""
-    import convnext_mm.models.backbones.convnext as convnext_module
-    weights, calls, results = None, [], []
-    for switched_off in (False, True):
-        if switched_off:
-            for fast_path in fast_paths:
-                monkeypatch.setattr(convnext_module, fast_path, lambda *args: False)
+def step_on_and_off(model, x):
+    """A training step with the CPU accelerators on, then off: outputs, gradients of the
+    trainable parameters and (if it needs one) of the input agree."""
+    weights, results = None, []
+    for enabled in (True, False):
         model.zero_grad(set_to_none=True)
         inp = x.detach().clone().requires_grad_(x.requires_grad)
         torch.manual_seed(11)
-        names, outs = profiled_op_names(lambda: model(inp))
+        with accelerators(enabled):
+            outs = model(inp)
         weights = weights or [torch.randn_like(out) for out in outs]
         sum((out * w).sum() for out, w in zip(outs, weights)).backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
-        calls.append((*onednn_linear_calls(names), names.count('_MLPFunction')))
         results.append(list(outs) + grads + ([inp.grad] if x.requires_grad else []))
     for ours, expected in zip(*results):
         torch.testing.assert_close(ours, expected, rtol=1e-4,
                                    atol=1e-5 * expected.abs().max().item())
-    return calls
 
 
-@pytest.mark.usefixtures('onednn_linear')
-def test_frozen_stages_use_fused_linears_and_training_gradients_are_unchanged(monkeypatch):
-    """Training with frozen stages: only the frozen blocks (no parameter needs a gradient)
-    take the fused kernels; outputs and the gradients of the trained stages are those of the
-    plain layers. Without the fused kernels the frozen blocks run PyTorch's products (as
-    eager inference does, in row chunks); the trained ones run the training MLP function."""
-    model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
-    calls = step_with_and_without(monkeypatch, model, torch.randn(2, 3, 64, 64),
-                                  'onednn_inference')
-    frozen, trained = model.depths[0] + model.depths[1], model.depths[2] + model.depths[3]
-    assert calls == [(frozen, frozen, trained), (0, 0, trained)]
+def test_switch_turns_every_accelerator_off_and_tiny_outputs_agree():
+    """CONVNEXT_MM_FAST_CPU=0 (read at import) turns every accelerator off, another value is
+    refused naming it; a ConvNeXt-T gives the same outputs with the accelerators on and off."""
+    code = 'from convnext_mm import ops; print(ops.FAST_CPU, sorted(set(ops.ENABLED.values())))'
+    for value, expected in [('0', 'False [False]'), ('1', 'True [True]')]:
+        out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                             text=True, env=dict(os.environ, CONVNEXT_MM_FAST_CPU=value))
+        assert out.stdout.strip() == expected, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, CONVNEXT_MM_FAST_CPU='yes'))
+    assert out.returncode != 0
+    assert "CONVNEXT_MM_FAST_CPU='yes' is not allowed; use 1" in out.stderr
+    model = randomize_(ConvNeXt('tiny')).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        with accelerators(True):
+            fast = model(x)
+        with accelerators(False):
+            plain = model(x)
+    for a, b in zip(fast, plain):
+        assert (a - b).abs().max() <= 1e-5
 
 
-@pytest.mark.usefixtures('onednn_linear')
-@pytest.mark.parametrize('use_grn,drop_path_rate,memory_format', [
-    (False, 0., torch.contiguous_format),
-    (False, 0., torch.channels_last),
-    (False, 0.4, torch.channels_last),
-    (True, 0., torch.channels_last),
-])
-def test_training_linears_run_onednn_with_the_same_outputs_and_gradients(
-        monkeypatch, use_grn, drop_path_rate, memory_format):
-    """fp32 eager CPU training runs both Linear layers of every block on oneDNN's kernel (bias
-    and, without stochastic depth on a channels_last input, the shortcut added inside it; the
-    gradients too): in the training MLP function, or with GRN as the ``linear`` op. Outputs and
-    the gradients of every parameter and of the input are the plain layers'."""
-    model = randomize_(ConvNeXt('atto', use_grn=use_grn,
-                                drop_path_rate=drop_path_rate)).train()
-    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format).requires_grad_()
-    calls = step_with_and_without(monkeypatch, model, x, 'mlp_function_training',
-                                  'onednn_training')
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
+def test_inference_runs_the_mlp_in_row_chunks_with_the_same_outputs(
+        monkeypatch, accelerator_calls, memory_format):
+    """Eager fp32 CPU inference runs each block's LayerNorm, MLP and shortcut INFERENCE_CHUNK_ROWS
+    rows at a time (two products a chunk, the last chunk shorter), over the depthwise
+    convolution's output and never over the block's input; the outputs are the plain layers'.
+    Not where autograd records or stochastic depth draws."""
+    from convnext_mm.ops import mlp
+    monkeypatch.setattr(mlp, 'INFERENCE_CHUNK_ROWS', 100)
+    model = randomize_(ConvNeXt('atto')).eval()
+    x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
     blocks = sum(model.depths)
-    assert calls == [(0, 2 * blocks, 0) if use_grn else (0, 0, blocks), (0, 0, 0)]
+    with torch.no_grad():
+        names, outs = profiled_op_names(lambda: model(x))
+        with accelerators(False):
+            expected = model(x)
+    chunks = [-(-2 * 16 * 24 // 4**i // 100) for i in range(4)]  # 8 (the last of 68 rows), 2, 1, 1
+    assert accelerator_calls['inference_mlp'] == blocks
+    assert count_matrix_products(names) == 2 * sum(d * n for d, n in zip(model.depths, chunks))
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    block = model.stages[0][0]
+    block_input = torch.randn(2, 40, 16, 24).to(memory_format=memory_format)
+    untouched = block_input.clone()
+    with torch.no_grad():
+        chunked = block(block_input)
+        with accelerators(False):
+            torch.testing.assert_close(chunked, block(block_input), rtol=1e-5, atol=1e-5)
+    assert torch.equal(block_input, untouched)
+    accelerator_calls['inference_mlp'] = 0
+    with torch.no_grad():  # stochastic depth draws in training mode: only the first block has none
+        ConvNeXt('atto', drop_path_rate=0.5).train()(x)
+    model(x)  # autograd records
+    assert accelerator_calls['inference_mlp'] == 1
 
 
-def chunk_the_mlp(monkeypatch):
-    """Every training MLP recomputes its GELU output, in chunks of 100 rows of stage 0's hidden
-    tensor (atto: 160 wide), so that an input of 2x3x64x96 makes several chunks and a partial
-    last one in each stage but the last."""
-    monkeypatch.setattr(layers, 'MLP_CHUNK_ABOVE_NUMEL', 0)
-    monkeypatch.setattr(layers, 'MLP_TRAINING_CHUNK_NUMEL', 100 * 160)
+def test_frozen_stages_run_the_inference_path_and_training_gradients_are_unchanged(
+        accelerator_calls):
+    """Training with frozen stages: the frozen blocks (nothing to record) run the chunked
+    inference path, the trained ones the depthwise backward; outputs and gradients of the
+    trained stages are those of the plain layers."""
+    model = randomize_(ConvNeXt('atto', frozen_stages=2)).train()
+    step_on_and_off(model, torch.randn(2, 3, 64, 64))
+    frozen, trained = model.depths[0] + model.depths[1], model.depths[2] + model.depths[3]
+    assert accelerator_calls == dict(depthwise_backward=trained, inference_mlp=frozen)
 
 
-@pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
-@pytest.mark.parametrize('drop_path_rate,memory_format,frozen_stages,input_grad', [
-    (0., torch.contiguous_format, -1, True),
-    (0.4, torch.channels_last, 1, False),
-    (0., torch.channels_last, -1, False),
+@pytest.mark.parametrize('use_grn,drop_path_rate,memory_format,frozen_stages,input_grad', [
+    (False, 0., torch.contiguous_format, -1, True),
+    (False, 0.4, torch.channels_last, 1, False),
+    (True, 0.2, torch.channels_last, -1, True),
 ])
-def test_training_mlp_function_with_the_same_gradients(
-        monkeypatch, drop_path_rate, memory_format, frozen_stages, input_grad, chunked, onednn):
-    """fp32 eager CPU training runs the MLP of each block that autograd records (frozen
-    blocks only for an input gradient) as one autograd function. Its backward writes the
-    hidden gradients over its saved GELU output on PyTorch's products (the graph is not kept;
-    on oneDNN's kernel over the new product) or, above ``MLP_CHUNK_ABOVE_NUMEL`` hidden values,
-    recomputes GELU chunk by chunk; outputs and gradients are the plain layers'."""
-    import convnext_mm.models.backbones.convnext as convnext_module
-    if chunked:
-        chunk_the_mlp(monkeypatch)
-    model = randomize_(ConvNeXt('atto', drop_path_rate=drop_path_rate,
+def test_training_accelerators_give_the_plain_gradients(
+        accelerator_calls, use_grn, drop_path_rate, memory_format, frozen_stages, input_grad):
+    """fp32 eager CPU training runs the depthwise convolution's backward as two convolutions in
+    every block that autograd records; outputs and the gradients of every trainable parameter
+    and of the input are the plain layers'."""
+    model = randomize_(ConvNeXt('atto', use_grn=use_grn, drop_path_rate=drop_path_rate,
                                 frozen_stages=frozen_stages)).train()
     x = torch.randn(2, 3, 64, 96).contiguous(memory_format=memory_format)
-    x.requires_grad_(input_grad)
-    mlp_calls, graph_kept, chunked_backwards = [], [], []
-    monkeypatch.setattr(convnext_module, 'mlp_training',
-                        lambda *args: mlp_calls.append(1) or layers.mlp_training(*args))
-    monkeypatch.setattr(layers, '_graph_kept',
-                        lambda real=layers._graph_kept: graph_kept.append(real()) or real())
-    monkeypatch.setattr(layers, '_chunked_backward',
-                        lambda *args, real=layers._chunked_backward:
-                        chunked_backwards.append(1) or real(*args))
-    step_with_and_without(monkeypatch, model, x, 'mlp_function_training', 'onednn_training')
-    recorded_blocks = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
-    assert len(mlp_calls) == recorded_blocks
-    if chunked:
-        assert graph_kept == [] and len(chunked_backwards) == recorded_blocks
-    else:
-        assert graph_kept == [False] * (0 if onednn else recorded_blocks)
-        assert chunked_backwards == []
+    step_on_and_off(model, x.requires_grad_(input_grad))
+    recorded = sum(model.depths[0 if input_grad else max(frozen_stages, 0):])
+    assert accelerator_calls == dict(depthwise_backward=recorded,
+                                     inference_mlp=sum(model.depths) - recorded)
 
 
-@pytest.mark.usefixtures('onednn')
-def test_training_folds_the_layer_scale_only_where_the_weight_is_smaller(monkeypatch):
-    """An eager training block folds its layer scale into pwconv2's weight (4C x C) unless
-    that is over twice the block's output (rows x C): atto at 2x3x64x96 has 768, 192, 48 and
-    12 rows against 4C = 160, 320, 640 and 1280."""
-    folded_widths = []
-    real = ConvNeXtBlock._pwconv2_folded
-    monkeypatch.setattr(ConvNeXtBlock, '_pwconv2_folded',
-                        lambda block, y: folded_widths.append(y.shape[-1]) or real(block, y))
-    model = ConvNeXt('atto').train()
-    model(torch.randn(2, 3, 64, 96))
-    assert folded_widths == [40] * model.depths[0] + [80] * model.depths[1]
-
-
-@pytest.mark.usefixtures('onednn')
-def test_chunked_training_mlp_does_not_keep_the_gelu_output(monkeypatch):
-    """Recomputing GELU saves, for backward, one hidden-sized (4C) tensor less per block."""
-    model = randomize_(ConvNeXt('atto')).train()
-    x = torch.randn(2, 3, 64, 96)
-
-    def saved_values():
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: saved.append(t.numel()) or t, lambda t: t):
-            outs = model(x)
-        return sum(saved), outs
-
-    kept, outs = saved_values()
-    chunk_the_mlp(monkeypatch)
-    chunked, _ = saved_values()
-    gelu_outputs = sum(4 * depth * out.numel() for depth, out in zip(model.depths, outs))
-    assert kept - chunked == gelu_outputs
-
-
-@pytest.mark.usefixtures('onednn')
-@pytest.mark.parametrize('chunked', [False, True], ids=['kept', 'chunked'])
 @pytest.mark.parametrize('second_pass', ['retain_graph', 'create_graph'])
-def test_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass, chunked):
+def test_training_gradients_when_the_graph_is_kept(second_pass):
     """A second backward pass through a kept graph, and a backward through the gradients,
-    give the plain layers' gradients: the MLP function overwrites nothing it saved then."""
-    import convnext_mm.models.backbones.convnext as convnext_module
-    if chunked:
-        chunk_the_mlp(monkeypatch)
+    give the plain layers' gradients."""
     model = randomize_(ConvNeXt('atto')).train()
     params = list(model.parameters())
     x = torch.randn(1, 3, 64, 96)
@@ -563,11 +380,55 @@ def test_training_mlp_gradients_when_the_graph_is_kept(monkeypatch, second_pass,
         return [p.grad for p in params]
 
     ours = gradients()
-    monkeypatch.setattr(convnext_module, 'mlp_function_training', lambda *args: False)
-    monkeypatch.setattr(convnext_module, 'onednn_training', lambda *args: False)
-    for grad, expected in zip(ours, gradients()):
-        torch.testing.assert_close(grad, expected, rtol=1e-4,
-                                   atol=1e-5 * expected.abs().max().item())
+    with accelerators(False):
+        expected = gradients()
+    for grad, ref in zip(ours, expected):
+        torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+
+
+def test_accelerators_step_aside_under_tracing_export_and_autocast(accelerator_calls):
+    """torch.jit tracing, torch.export, torch's FLOP counter (a dispatch mode), autocast and
+    half precision run the plain layers: the accelerators are never called, and the exported
+    program (eval, no_grad, switch on) holds no op of this package and computes the eager
+    outputs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = randomize_(ConvNeXt('atto')).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        assert accelerator_calls['inference_mlp'] == sum(model.depths)
+        accelerator_calls['inference_mlp'] = 0
+        torch.jit.trace(model, (x, ), check_trace=False)
+        exported = torch.export.export(model, (x, ))
+        with FlopCounterMode(display=False):
+            model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            model(x)
+        copy.deepcopy(model).bfloat16()(x.bfloat16())
+    model.train()
+    with FlopCounterMode(display=False):
+        sum(out.sum() for out in model(x)).backward()
+    assert accelerator_calls == dict.fromkeys(ops.ENABLED, 0)
+    graph_ops = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
+    assert not any('convnext_mm' in op or '.out' in op for op in graph_ops), graph_ops
+    for out, ref in zip(exported.module()(x), expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_model_checkpoint_and_ops_modules_depend_one_way():
+    """The checkpoint package imports nothing from the model; the ops import neither."""
+    import ast
+    package = os.path.join(ROOT, 'convnext_mm')
+    for folder, forbidden in [('checkpoint', ('models', )), ('ops', ('models', 'checkpoint'))]:
+        for name in os.listdir(os.path.join(package, folder)):
+            if not name.endswith('.py'):
+                continue
+            tree = ast.parse(open(os.path.join(package, folder, name)).read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    module = '.' * node.level + (node.module or '')
+                    assert not any(f'.{part}' in module or module.startswith(part)
+                                   for part in forbidden), f'{folder}/{name} imports {module}'
 
 
 def test_parameter_names_are_the_official_layout():
@@ -621,9 +482,8 @@ def test_real_forward_odd_sizes(size):
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-@pytest.mark.usefixtures('onednn_linear')
 def test_empty_batch_gives_empty_outputs_and_zero_gradients(memory_format):
-    """As timm's: an empty batch passes in inference and training (the CPU fast paths too)."""
+    """As timm's: an empty batch passes in inference and training (the CPU accelerators too)."""
     model = randomize_(ConvNeXt('atto', drop_path_rate=0.1))
     x = torch.randn(0, 3, 64, 96).contiguous(memory_format=memory_format)
     with torch.no_grad():
@@ -660,7 +520,7 @@ def test_layer_scale_and_grn_options():
 
 def test_drop_path_rates_rise_linearly():
     model = ConvNeXt('tiny', drop_path_rate=0.4)
-    rates = [b.drop_path_rate for stage in model.stages for b in stage]
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for stage in model.stages for b in stage]
     expected = torch.linspace(0, 0.4, 18).tolist()
     assert rates == pytest.approx(expected)
 
@@ -679,7 +539,6 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval():
     assert all(p.grad is not None for p in model.stages[2].parameters())
 
 
-@pytest.mark.usefixtures('onednn')
 def test_with_cp_gives_same_outputs_and_gradients():
     plain = randomize_(ConvNeXt('atto', drop_path_rate=0.3)).train()
     checkpointed = ConvNeXt('atto', drop_path_rate=0.3, with_cp=True).train()
@@ -739,9 +598,8 @@ def test_layernorm_in_fp32_under_half_precision():
 
 
 @pytest.mark.parametrize('training', [False, True])
-def test_compiles_without_graph_breaks(training, onednn):
-    """fullgraph compile with and without the oneDNN linear kernels (without them compiled
-    inference leaves the layer scale unfolded), same outputs as eager mode."""
+def test_compiles_without_graph_breaks(training):
+    """fullgraph compile (the accelerators step aside), same outputs as eager mode."""
     model = randomize_(ConvNeXt('atto')).train(training)
     x = torch.randn(1, 3, 64, 64)
     compiled = torch.compile(model, backend='eager', fullgraph=True)
@@ -751,84 +609,6 @@ def test_compiles_without_graph_breaks(training, onednn):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     if training:
         sum(out.sum() for out in outs).backward()
-
-
-@pytest.mark.usefixtures('onednn_linear')
-@pytest.mark.parametrize('training', ['', 'kept', 'chunked'])
-def test_inductor_keeps_the_onednn_kernels(monkeypatch, training):
-    """The oneDNN kernels are custom ops with fake-tensor kernels (and, for training, an
-    autograd formula), which inductor keeps as they are: in inference Linear+GELU and
-    Linear+add, in training the MLP op (GELU output kept, or computed again in chunks; here
-    with stage 0 frozen and an input gradient, so that its blocks need no weight gradient).
-    Outputs and gradients are those of the plain layers in eager mode."""
-    if training == 'chunked':
-        chunk_the_mlp(monkeypatch)
-    model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32]),
-                                frozen_stages=0 if training else -1))
-    model.train(bool(training))
-    x = torch.randn(2, 3, 64, 96).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(bool(training))
-    # Static shapes: other tests compile the same code with other shapes, and inductor in
-    # torch 2.14 fails on training graphs with dynamic sizes (timm's ConvNeXt too).
-    torch._dynamo.reset()  # other tests' compiles of the blocks count towards the recompile limit
-    compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.set_grad_enabled(bool(training)):
-        compiled(x)
-        names, outs = profiled_op_names(lambda: compiled(x))
-        with torch.backends.mkldnn.flags(enabled=False):
-            expected = model(x)
-    kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
-    calls = [names.count('convnext_mm::linear'), names.count('convnext_mm::onednn_mlp')]
-    # chunked: stage 0's 768 rows make two chunks of pwconv2 (500 rows of 32 hidden values)
-    assert calls == ([0, 4] if training else [4, 0])
-    assert kernels == 8 + (training == 'chunked') and count_matrix_products(names) == 0
-    for out, ref in zip(outs, expected):
-        assert out.is_contiguous()
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    if training:
-        grads = []
-        for result in (outs, expected):
-            model.zero_grad(set_to_none=True)
-            x.grad = None
-            sum((out * out).sum() for out in result).backward()
-            grads.append([p.grad for p in model.parameters() if p.requires_grad] + [x.grad])
-        for grad, ref in zip(*grads):
-            torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5 * ref.abs().max().item())
-
-
-@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last])
-def test_inductor_keeps_the_chunked_inference_tail(monkeypatch, memory_format, onednn):
-    """Compiled inference runs a block's tail as the chunked custom op where eager mode does:
-    on PyTorch's products in every block, on oneDNN's kernels where the hidden tensor is large
-    (here stage 0's); one call per block, two products per chunk, in place over the depthwise
-    convolution's output, with the eager outputs. With autograd recording it does not."""
-    import convnext_mm.models.backbones.convnext as convnext_module
-    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ROWS', 100)
-    stage_rows = [2 * 16 * 24 // 4**i for i in range(4)]  # 768, 192, 48, 12
-    # stage 0's hidden tensor (768 x 32) one value over the threshold, stage 1's (192 x 64) half
-    monkeypatch.setattr(convnext_module, 'MLP_CHUNK_ABOVE_NUMEL', stage_rows[0] * 32 - 1)
-    model = randomize_(ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32]))).eval()
-    x = torch.randn(2, 3, 64, 96).to(memory_format=memory_format)
-    torch._dynamo.reset()  # other tests' compiles of the blocks count towards the recompile limit
-    compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.no_grad():
-        compiled(x)
-        names, outs = profiled_op_names(lambda: compiled(x))
-        expected = model(x)
-    chunks = [-(-rows // 100) for rows in stage_rows]  # 8, 2, 1, 1
-    if onednn:
-        assert names.count('convnext_mm::inference_tail_') == 1
-        kernels = sum(name.startswith('mkldnn::_linear_pointwise') for name in names)
-        assert kernels == 2 * (chunks[0] + 3) and count_matrix_products(names) == 0
-    else:
-        assert names.count('convnext_mm::inference_tail_') == 4
-        assert count_matrix_products(names) == 2 * sum(chunks)
-    for out, ref in zip(outs, expected):
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    compiled_training = torch.compile(model.train(), fullgraph=True, dynamic=False)
-    compiled_training(x)
-    names, _ = profiled_op_names(lambda: compiled_training(x))
-    assert names.count('convnext_mm::inference_tail_') == 0
 
 
 def test_block_residual_is_identity_when_branch_is_zero():

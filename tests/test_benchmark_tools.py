@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 from conftest import run_tool as run
 
@@ -17,6 +18,7 @@ def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
     pytest.importorskip('torchvision')
     out = run(['tools/benchmark_backbone.py', '--arch', 'tiny', '--shapes', '1x3x64x64',
                '--precision', 'fp32', 'bf16', '--repeats', '1', '--warmup', '0', '--memory',
+               '--ablate',
                # a small peak product: bf16 runs at a few GFLOP/s on CPUs without bf16 units
                '--peak-size', '256',
                '--json', str(tmp_path / 'r.json')])
@@ -29,10 +31,12 @@ def test_benchmark_backbone_compares_same_weights_and_reports_ratios(tmp_path):
     assert set(result['peak_gflops']) == {'fp32', 'bf16'}
     for precision, by_kernel in result['peak_gflops_by_kernel'].items():
         assert 'mm' in by_kernel and result['peak_gflops'][precision] == max(by_kernel.values())
+    ablated = {f'ours without {name}' for name in
+               ('depthwise_backward', 'inference_mlp')} | {'ours plain'}
     for row in result['results']:
-        assert set(row['images_per_s']) == {'ours', 'timm', 'torchvision', 'official'}
+        assert set(row['images_per_s']) == {'ours', 'timm', 'torchvision', 'official'} | ablated
         assert all(v > 0 for v in row['images_per_s'].values())
-        assert set(row['ratios']) == {'timm', 'torchvision', 'official'}
+        assert set(row['ratios']) == {'timm', 'torchvision', 'official'} | ablated
         # each row against the peak of its own precision
         peak = result['peak_gflops'][row['precision']]
         assert row['ours_percent_of_peak'] == pytest.approx(100 * row['ours_gflops'] / peak)
@@ -55,7 +59,7 @@ def test_benchmark_backbone_rotates_the_order_and_pairs_rounds():
 
 
 def test_official_baseline_runs_pytorch_convolution_and_separate_layer_scale():
-    """The migration baseline must not borrow our fast paths."""
+    """The migration baseline must not borrow our CPU accelerators."""
     import torch
     from conftest import load_tool
     pytest.importorskip('timm')
@@ -91,22 +95,27 @@ def test_benchmark_backbone_rejects_bad_arguments():
     assert out.returncode == 2 and '--profile must be >= 0 operators, got -1' in out.stderr
 
 
-@pytest.mark.parametrize('config,shape,backbone,model', [
-    ('cascade_convnext_t_coco', ['224', '224'], (27.8e6, 4.47e9), None),
-    ('cascade_convnext_t_coco', [], (27.8e6, None), (86e6, 741e9)),
-    ('upernet_convnext_t_ade20k', [], (27.8e6, None), (60e6, 939e9)),
+def test_get_flops_counts_the_backbone_as_the_paper():
+    """ConvNeXt-T at 224: 28 M parameters, 4.47 GFLOPs (the paper: 28 M, 4.5 G)."""
+    from convnext_mm import ConvNeXt
+    from conftest import load_tool
+    params, flops = load_tool('get_flops').count(ConvNeXt('tiny').eval(),
+                                                  (torch.zeros(1, 3, 224, 224), ))
+    assert abs(params - 27.8e6) / 27.8e6 < 0.01 and abs(flops - 4.47e9) / 4.47e9 < 0.01
+
+
+@pytest.mark.parametrize('config,backbone,model', [
+    ('cascade_convnext_t_coco', 27.8e6, (86e6, 741e9)),  # at 1280 x 800
+    ('upernet_convnext_t_ade20k', 27.8e6, (60e6, 939e9)),  # at 2048 x 512
 ])
-def test_get_flops_matches_the_published_counts(config, shape, backbone, model):
-    args = ['tools/get_flops.py', f'configs/{config}.py'] + (['--shape'] + shape if shape else [])
-    out = run(args)
+def test_get_flops_matches_the_published_counts(config, backbone, model):
+    out = run(['tools/get_flops.py', f'configs/{config}.py'])
     rows = dict(re.findall(r'\| (backbone|model) \| ([0-9.]+ M \| [0-9.]+) \|', out))
-    for part, expected in (('backbone', backbone), ('model', model)):
-        if expected is None:
-            continue
-        params, flops = (float(v) for v in rows[part].split(' M | '))
-        assert abs(params * 1e6 - expected[0]) / expected[0] < 0.02, (part, params)
-        if expected[1] is not None:
-            assert abs(flops * 1e9 - expected[1]) / expected[1] < 0.02, (part, flops)
+    for part, (params, flops) in (('backbone', (backbone, None)), ('model', model)):
+        got_params, got_flops = (float(v) for v in rows[part].split(' M | '))
+        assert abs(got_params * 1e6 - params) / params < 0.02, (part, got_params)
+        if flops is not None:
+            assert abs(got_flops * 1e9 - flops) / flops < 0.02, (part, got_flops)
 
 
 @pytest.mark.parametrize('config', ['cascade_convnext_demo', 'upernet_convnext_demo'])

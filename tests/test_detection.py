@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, coco_options, randomize_, run_dist_train
+from conftest import NO_VALIDATION, ROOT, coco_options, randomize_, run_dist_train
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -137,7 +137,7 @@ def test_roi_features_of_the_backbone_match_torchvision_roi_align(det_scope):
 
 def test_train_then_test_on_toy_data(toy_coco, tmp_path):
     work = str(tmp_path / 'work')
-    short = coco_options(toy_coco, **{'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 5})
+    short = coco_options(toy_coco, **{'train_cfg.max_epochs': 1, **NO_VALIDATION})
     log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
     assert 'Epoch(train) [1][4/4]' in log
     assert osp.isfile(osp.join(work, 'epoch_1.pth'))
@@ -153,7 +153,7 @@ def test_train_then_test_on_toy_data(toy_coco, tmp_path):
 def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
     work = str(tmp_path / 'dist')
     log = run_dist_train(DEMO, work, coco_options(toy_coco, **{'train_cfg.max_epochs': 1,
-                                                               'train_cfg.val_interval': 5}),
+                                                               **NO_VALIDATION}),
                          port=29612)
     # 8 images over 2 ranks x 2 images: both ranks train 2 iterations each.
     assert 'Epoch(train) [1][2/2]' in log

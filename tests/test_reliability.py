@@ -11,7 +11,7 @@ import types
 
 import pytest
 import torch
-from conftest import ROOT, coco_options, load_tool
+from conftest import NO_VALIDATION, ROOT, coco_options, load_tool
 from conftest import run_tool as run
 from mmengine.config import Config
 from mmengine.model import BaseModel
@@ -43,7 +43,7 @@ runpy.run_path('tools/train.py', run_name='__main__')
 
 def train_options(root, epochs=3, **extra):
     return coco_options(root, **{
-        'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': 100,
+        'train_cfg.max_epochs': epochs, **NO_VALIDATION,
         'default_hooks.checkpoint.max_keep_ckpts': 1, 'randomness.deterministic': True, **extra})
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cfg_options, run_dist_train
+from conftest import NO_VALIDATION, ROOT, cfg_options, run_dist_train
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -106,18 +106,19 @@ def build(cfg_model):
     return model
 
 
-def test_upernet_tiny_forward_backward_on_512_crops(seg_scope):
+def test_upernet_tiny_forward_backward(seg_scope):
+    """The T recipe's UperNet (both heads) trains on a batch of two 256x256 crops."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     model = build(load('upernet_convnext_t_ade20k').model)
     model.train()
     samples = []
     for _ in range(2):  # the pyramid pooling's 1x1 BN needs more than one image
-        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 512, 512))))
-        sample.set_metainfo(dict(img_shape=(512, 512), pad_shape=(512, 512),
-                                 ori_shape=(512, 512)))
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 256, 256))))
+        sample.set_metainfo(dict(img_shape=(256, 256), pad_shape=(256, 256),
+                                 ori_shape=(256, 256)))
         samples.append(sample)
-    images = [torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8) for _ in range(2)]
+    images = [torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8) for _ in range(2)]
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
     losses = model.loss(data['inputs'], data['data_samples'])
     total, log_vars = model.parse_losses(losses)
@@ -174,7 +175,7 @@ def test_toy_ade20k_layout_and_labels(toy_ade20k):
 
 def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     work = str(tmp_path / 'work')
-    short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, 'train_cfg.val_interval': 100,
+    short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, **NO_VALIDATION,
                                         'default_hooks.checkpoint.interval': 2})
     log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
     assert 'Iter(train) [4/4]' in log
@@ -190,7 +191,7 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
               + short)
     assert re.search(r'mIoU: \d', log)
 
-    longer = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 6, 'train_cfg.val_interval': 100,
+    longer = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 6, **NO_VALIDATION,
                                          'default_hooks.checkpoint.interval': 2})
     log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
     assert re.search(r'resumed epoch: 0, iter: 4', log)
@@ -201,7 +202,7 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
 def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):
     work = str(tmp_path / 'dist')
     log = run_dist_train(DEMO, work, cfg_options(toy_ade20k, **{
-        'train_cfg.max_iters': 2, 'train_cfg.val_interval': 100,
+        'train_cfg.max_iters': 2, **NO_VALIDATION,
         'default_hooks.checkpoint.interval': 2}), port=29613)
     assert 'SyncBN -> BN' in log and 'Iter(train) [2/2]' in log
     assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['iter_2.pth']

@@ -48,8 +48,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from convnext_mm import ConvNeXt  # noqa: E402
 from convnext_mm.checkpoint.formats import convnext_mm_key  # noqa: E402
-from convnext_mm.models.backbones import layers  # noqa: E402
-from convnext_mm.models.backbones.convnext import ConvNeXtBlock  # noqa: E402
+from convnext_mm import ops  # noqa: E402
+from convnext_mm.models.backbones import ConvNeXtBlock, LayerNorm2d  # noqa: E402
 
 TIMM_NAMES = {'atto': 'convnext_atto', 'femto': 'convnext_femto', 'pico': 'convnext_pico',
               'nano': 'convnext_nano', 'tiny': 'convnext_tiny', 'small': 'convnext_small',
@@ -77,7 +77,7 @@ class OfficialBlock(nn.Module):
 
     def __init__(self, block: ConvNeXtBlock):
         super().__init__()
-        if block.grn is not None or block.drop_path_rate > 0:
+        if block.grn is not None or not isinstance(block.drop_path, nn.Identity):
             raise ValueError('the official detection block has no GRN and runs here without '
                              'stochastic depth')
         self.dwconv, self.norm, self.act = block.dwconv, block.norm, nn.GELU()
@@ -85,8 +85,7 @@ class OfficialBlock(nn.Module):
 
     def forward(self, x):
         shortcut = x
-        # PyTorch's own convolution (the official nn.Conv2d), not our DepthwiseConv2d's backward
-        x = nn.Conv2d.forward(self.dwconv, x).permute(0, 2, 3, 1)
+        x = self.dwconv(x).permute(0, 2, 3, 1)
         x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
         if self.gamma is not None:
             x = self.gamma * x
@@ -119,7 +118,24 @@ def copy_ours_into(reference: nn.Module, ours_state: dict, layout: str) -> None:
     reference.load_state_dict(state)
 
 
-def build_implementations(arch: str, with_cp: bool = False) -> dict:
+class WithAccelerators(nn.Module):
+    """Ours with the CPU accelerators of ``enabled`` (names in ``convnext_mm.ops.ENABLED``)
+    on and the others off; the choice is made in the forward pass, which records the backward."""
+
+    def __init__(self, model: nn.Module, enabled):
+        super().__init__()
+        self.model, self.enabled = model, {name: name in enabled for name in ops.ENABLED}
+
+    def forward(self, x):
+        saved = dict(ops.ENABLED)
+        ops.ENABLED.update(self.enabled)
+        try:
+            return self.model(x)
+        finally:
+            ops.ENABLED.update(saved)
+
+
+def build_implementations(arch: str, with_cp: bool = False, ablate: bool = False) -> dict:
     torch.manual_seed(0)
     ours = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
     with torch.no_grad():  # non-trivial layer scale and norms, so that every path does work
@@ -154,11 +170,15 @@ def build_implementations(arch: str, with_cp: bool = False) -> dict:
     official = copy.deepcopy(ours)
     for parent in list(official.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, layers.LayerNorm2d):
+            if isinstance(child, LayerNorm2d):
                 setattr(parent, name, ChannelsFirstLayerNorm(child))
             elif isinstance(child, ConvNeXtBlock):
                 setattr(parent, name, OfficialBlock(child))
     impls['official'] = official
+    if ablate:  # ours with each CPU accelerator off, and with all of them off
+        for name in ops.ENABLED:
+            impls[f'ours without {name}'] = WithAccelerators(ours, set(ops.ENABLED) - {name})
+        impls['ours plain'] = WithAccelerators(ours, set())
     return impls
 
 
@@ -335,6 +355,9 @@ def parse_args(argv=None):
     parser.add_argument('--peak-size', type=int, default=None,
                         help='side of the square matrix product timed for the peak '
                         '(default 2048 on a CPU, 8192 on a GPU)')
+    parser.add_argument('--ablate', action='store_true',
+                        help='also time ours with each CPU accelerator (convnext_mm.ops) off, '
+                        'and with all of them off')
     parser.add_argument('--memory', action='store_true', help='also peak memory with/without with_cp')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--profile', type=int, default=0, metavar='N',
@@ -359,10 +382,11 @@ def main(argv=None):
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         f'CPU, {torch.get_num_threads()} threads, ATen {torch.backends.cpu.get_cpu_capability()}'
-        f' code, oneDNN linear kernels {"on" if layers.USE_ONEDNN_LINEAR else "off"}')
+        f' code, CPU accelerators {"on" if ops.FAST_CPU else "off"}')
     print(f'# ConvNeXt-{args.arch} backbone, {name}, torch {torch.__version__}, '
           f'{time.strftime("%Y-%m-%d")}')
-    impls = {k: m.to(device) for k, m in build_implementations(args.arch).items()}
+    impls = {k: m.to(device)
+             for k, m in build_implementations(args.arch, ablate=args.ablate).items()}
     difference = check_same_outputs(impls, torch.randn(1, 3, 64, 64, device=device))
     print(f'implementations: {", ".join(impls)}; max abs difference of stage outputs from ours '
           f'(fp32, 1x3x64x64, on {device.type}): {difference:.2e}')

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ..arch import ARCH_SETTINGS, NUM_STAGES
 from .io import CheckpointError
 
 LAYOUTS = ('official', 'mmpretrain', 'timm', 'torchvision')
@@ -163,7 +164,6 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
 
 def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[List[int], List[int], str]:
     """Depths, channels and a readable arch name of a converted state dict."""
-    from ..models.backbones.convnext import NUM_STAGES, ConvNeXt
     depths, channels = [], []
     for i in range(NUM_STAGES):
         blocks = {int(m[1]) for k in state_dict for m in [re.match(rf'^stages\.{i}\.(\d+)\.', k)] if m}
@@ -171,7 +171,7 @@ def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[List[int], List[
         conv_key = f'downsample_layers.{i}.{0 if i == 0 else 1}.weight'
         channels.append(int(state_dict[conv_key].shape[0]) if conv_key in state_dict else 0)
     version = 'V2' if any('.grn.' in k for k in state_dict) else 'V1'
-    name = next((n for n, s in ConvNeXt.arch_settings.items()
+    name = next((n for n, s in ARCH_SETTINGS.items()
                  if s['depths'] == depths and s['channels'] == channels), None)
     readable = f'{name} {version}' if name else f'depths={depths} channels={channels} {version}'
     return depths, channels, readable

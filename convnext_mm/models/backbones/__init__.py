@@ -1,4 +1,4 @@
 from .convnext import ConvNeXt, ConvNeXtBlock
-from .layers import GRN, LayerNorm2d
+from .layers import GRN, DropPath, LayerNorm2d
 
-__all__ = ['ConvNeXt', 'ConvNeXtBlock', 'GRN', 'LayerNorm2d']
+__all__ = ['ConvNeXt', 'ConvNeXtBlock', 'DropPath', 'GRN', 'LayerNorm2d']

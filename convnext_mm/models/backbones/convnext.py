@@ -1,211 +1,76 @@
 """ConvNeXt (V1, and V2 with GRN) as a multi-scale OpenMMLab backbone."""
 import difflib
 import inspect
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
+from ... import ops
+from ...arch import ARCH_SETTINGS, NUM_STAGES, STAGE_STRIDES
 from ...checkpoint import load_pretrained
-from .layers import (GRN, MLP_CHUNK_ABOVE_NUMEL, DepthwiseConv2d, LayerNorm2d, cpu_inference,
-                     inference_tail_, linear_gelu, mlp_training, onednn_inference, onednn_linear,
-                     mlp_function_training, onednn_training, stochastic_depth_factor)
-
-NUM_STAGES = 4
-STAGE_STRIDES = (4, 8, 16, 32)
-# fp32 CPU inference runs a block's MLP in chunks of MLP_CHUNK_ROWS rows (pixels), on oneDNN's
-# kernels once its hidden (4C-wide) tensor would exceed MLP_CHUNK_ABOVE_NUMEL values
-# (layers.py), on PyTorch's products always: each chunk's hidden tensor is reused memory
-# that is still in cache when pwconv2 reads it. 4096 rows was the fastest chunk for C = 96-512 on
-# a 2-core EPYC (fewer rows pay oneDNN's per-call weight reorder more often).
-MLP_CHUNK_ROWS = 4096
+from .layers import GRN, DropPath, LayerNorm2d
 
 
 class ConvNeXtBlock(nn.Module):
-    """dwconv 7x7 -> LayerNorm -> Linear(4x) -> GELU [-> GRN] -> Linear -> scale -> + input.
+    """ConvNeXt block: depthwise conv -> LayerNorm -> Linear(C, 4C) -> GELU [-> GRN] ->
+    Linear(4C, C) -> layer scale -> drop path -> + input.
 
-    The LayerNorm and the two Linear layers run on an NHWC view of the tensor; the permutes
-    are views, so a channels_last input stays channels_last through the block without a copy.
+    The LayerNorm and the Linear layers (the paper's 1x1 convolutions) run on an NHWC view.
+    Parameter names are the official code's, so its checkpoints load as they are.
 
-    The block creates as few full-size tensors as it can (7 channel-widths per block in
-    unchunked inference instead of the reference's 13, one in chunked inference, 11 instead of
-    13 in training): on the CPU the layer scale is folded into ``pwconv2`` outside the chunked
-    tail (fp32/fp64 only: in half precision a 1e-6 scale times the weights underflows), GELU
-    runs in place when autograd keeps nothing, and the shortcut is added in place. New large
-    tensors are the expensive part on the CPU, where each one is fresh memory that the kernel
-    has to map and zero. On a GPU the block runs the plain layers, the scale and the shortcut as
-    one ``addcmul`` (``_plain_tail``). On the CPU the depthwise convolution also has a faster
-    backward pass (``DepthwiseConv2d``), and in fp32 inference the LayerNorm and the MLP run in
-    row chunks written over the depthwise convolution's output (``_chunked_tail``, a custom op
-    that ``torch.compile`` keeps; on oneDNN's kernels where the hidden tensor is large). Where
-    oneDNN's linear kernels pay (``USE_ONEDNN_LINEAR``), in fp32 inference (and in frozen
-    stages) Linear+GELU and Linear+add each run as one oneDNN kernel (``onednn_inference``).
-    fp32 CPU training runs Linear -> GELU -> Linear (+ shortcut) as one autograd function
-    (``mlp_training``) whose backward makes few hidden-sized tensors and which, for a large
-    hidden tensor, keeps no GELU output and computes it again chunk by chunk: in eager mode on
-    oneDNN's kernel where that pays (bias and shortcut added inside the product) or PyTorch's
-    products, and compiled as custom ops on oneDNN's kernel (on PyTorch's products inductor
-    compiles the plain layers). Blocks with GRN run the Linear layers as oneDNN's kernel with
-    its own autograd formula (``onednn_linear``) where that pays. Same outputs and gradients up
-    to float rounding.
+    Args:
+        channels (int): Input and output channels.
+        kernel_size (int): Kernel of the depthwise convolution. Defaults to 7.
+        drop_path_rate (float): Stochastic depth rate of the block. Defaults to 0.
+        layer_scale_init_value (float): Initial layer scale; 0 disables it. Defaults to 1e-6.
+        use_grn (bool): The ConvNeXt V2 block: GRN after GELU, no layer scale.
+            Defaults to False.
+        with_cp (bool): Gradient checkpointing. Defaults to False.
     """
 
     def __init__(self, channels: int, kernel_size: int = 7, drop_path_rate: float = 0.,
                  layer_scale_init_value: float = 1e-6, use_grn: bool = False,
                  with_cp: bool = False):
         super().__init__()
-        self.dwconv = DepthwiseConv2d(channels, kernel_size)
+        self.dwconv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
+                                groups=channels)
         self.norm = nn.LayerNorm(channels, eps=1e-6)
         self.pwconv1 = nn.Linear(channels, 4 * channels)
+        self.act = nn.GELU()
         self.grn = GRN(4 * channels) if use_grn else None
         self.pwconv2 = nn.Linear(4 * channels, channels)
-        # ConvNeXt V2 replaces layer scale by GRN.
-        if layer_scale_init_value > 0 and not use_grn:
-            self.gamma = nn.Parameter(torch.full((channels, ), float(layer_scale_init_value)))
-        else:
-            self.gamma = None
-        self.drop_path_rate = drop_path_rate
+        with_scale = layer_scale_init_value > 0 and not use_grn
+        self.gamma = nn.Parameter(torch.full((channels, ), float(layer_scale_init_value))
+                                  ) if with_scale else None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.with_cp = with_cp
-
-    def extra_repr(self) -> str:
-        return f'drop_path_rate={self.drop_path_rate:.3f}, with_cp={self.with_cp}'
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        shortcut = x.permute(0, 2, 3, 1)
-        if not y.is_cpu:
-            return self._plain_tail(y, shortcut).permute(0, 3, 1, 2)
-        if self._in_chunks(y, shortcut):
-            return self._chunked_tail(y, shortcut).permute(0, 3, 1, 2)
-        y = self.norm(y)
-        if self.grn is None and mlp_function_training(y, self.pwconv1, self.pwconv2, self.gamma):
-            # Folding the scale costs passes (forward and backward) over pwconv2's 4C x C
-            # weight; the scale in the add as many over the rows x C output, on new tensors
-            # where the folded add works in place: fold unless the weight is over twice as big.
-            if 2 * (y.numel() // y.shape[-1]) > self.pwconv2.in_features:
-                weight, bias, scale = self._pwconv2_folded(y)
-            else:
-                weight, bias, scale = self.pwconv2.weight, self.pwconv2.bias, self.gamma
-            if scale is None and not self._drop_path_active and shortcut.is_contiguous():
-                return mlp_training(y, self.pwconv1.weight, self.pwconv1.bias, weight, bias,
-                                    shortcut).permute(0, 3, 1, 2)
-            branch = mlp_training(y, self.pwconv1.weight, self.pwconv1.bias, weight, bias)
-            return self._scaled_add(shortcut, branch, scale).permute(0, 3, 1, 2)
-        if onednn_inference(y, self.pwconv1):
-            y = linear_gelu(y, self.pwconv1.weight, self.pwconv1.bias)
-        elif onednn_training(y):
-            y = F.gelu(onednn_linear(y, self.pwconv1.weight, self.pwconv1.bias))
-        else:
-            y = self.pwconv1(y)
-            y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
-        if self.grn is not None:
-            y = self.grn(y)
-        return self._add_residual(shortcut, y).permute(0, 3, 1, 2)
-
-    def _plain_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """The tail after the depthwise convolution on a GPU (NHWC): the reference's layers,
-        without the CPU paths' checks (at small batches a GPU waits for the Python time they
-        take), the layer scale applied in the shortcut add (``_scaled_add``)."""
-        y = self.pwconv1(self.norm(y))
-        y = F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)
-        if self.grn is not None:
-            y = self.grn(y)
-        return self._scaled_add(shortcut, self.pwconv2(y), self.gamma)
-
-    @property
-    def _drop_path_active(self) -> bool:
-        return self.training and self.drop_path_rate > 0
-
-    def _in_chunks(self, y: torch.Tensor, shortcut: torch.Tensor) -> bool:
-        """Whether the block's tail after the depthwise convolution (output ``y``, NHWC) runs
-        in row chunks (``_chunked_tail``): in fp32 CPU inference, eager or compiled, on
-        PyTorch's products at every size (they write into reused memory), on oneDNN's kernels
-        (which make new tensors) where the hidden tensor would exceed ``MLP_CHUNK_ABOVE_NUMEL``
-        values."""
-        if not (self.grn is None and not self._drop_path_active and y.is_contiguous()
-                and shortcut.is_contiguous() and
-                cpu_inference(y, self.norm, self.pwconv1, self.pwconv2, self.gamma, shortcut)):
-            return False
-        if not onednn_inference(y):
-            return True
-        hidden_numel = y.numel() // y.shape[-1] * self.pwconv1.out_features
-        return hidden_numel > MLP_CHUNK_ABOVE_NUMEL
-
-    def _chunked_tail(self, y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        """``shortcut + gamma * pwconv2(gelu(pwconv1(norm(y))))`` (NHWC), ``MLP_CHUNK_ROWS``
-        rows at a time (``inference_tail_``), with the oneDNN kernels where they pay
-        (``onednn_inference``; the layer scale folded into pwconv2, since the shortcut is added
-        inside the product) and PyTorch's products elsewhere. The result overwrites ``y`` (the
-        depthwise convolution's output, which the block owns), so that no new full-size tensor
-        is made."""
-        use_onednn = onednn_inference(y)
-        if use_onednn:
-            weight, bias, scale = self._pwconv2_folded(y)
-        else:
-            weight, bias, scale = self.pwconv2.weight, self.pwconv2.bias, self.gamma
-        channels = y.shape[-1]
-        inference_tail_(y.view(-1, channels), shortcut.reshape(-1, channels), self.norm.weight,
-                        self.norm.bias, self.norm.eps, self.pwconv1.weight, self.pwconv1.bias,
-                        weight, bias, scale, MLP_CHUNK_ROWS, use_onednn)
-        return y
-
-    def _pwconv2_folded(self, y: torch.Tensor):
-        """pwconv2's weight and bias with the layer scale folded in where that is exact
-        enough (fp32/fp64) and saves a pass over the output, and the scale left to apply (None
-        once folded). CPU paths only: on a GPU the pass saved costs less than launching the two
-        products (``_plain_tail``). Not in compiled inference on the plain layers outside the
-        chunked tail (strided tensors, or stochastic depth under ``no_grad``), where inductor
-        fuses the scale into the shortcut add and folding would only add a product per call."""
-        scale, weight, bias = self.gamma, self.pwconv2.weight, self.pwconv2.bias
-        compiled_plain_inference = (torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                                    and not onednn_inference(y))
-        # Traced (FLOP counters, ONNX) the module is called, so that it shows in per-module tables.
-        if (scale is not None and y.dtype == weight.dtype
-                and weight.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
-                and not compiled_plain_inference):
-            return weight * scale[:, None], bias * scale, None
-        return weight, bias, scale
-
-    def _add_residual(self, shortcut: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``shortcut + drop_path(gamma * pwconv2(y))`` on NHWC tensors."""
-        weight, bias, scale = self._pwconv2_folded(y)
-        folded = scale is None and self.gamma is not None
-        use_onednn = onednn_training(y)
-        if (scale is None and shortcut.is_contiguous() and not self._drop_path_active
-                and (use_onednn or onednn_inference(y, self.pwconv2, self.gamma, shortcut))):
-            return onednn_linear(y, weight, bias, shortcut)
-        if use_onednn:
-            branch = onednn_linear(y, weight, bias)
-        else:
-            branch = F.linear(y, weight, bias) if folded else self.pwconv2(y)
-        return self._scaled_add(shortcut, branch, scale)
-
-    def _scaled_add(self, shortcut: torch.Tensor, branch: torch.Tensor,
-                    scale: Optional[torch.Tensor]) -> torch.Tensor:
-        """``shortcut + drop_path(scale * branch)`` (no scale: 1), in place into ``branch``
-        where it can."""
-        if self._drop_path_active:
-            factor = stochastic_depth_factor(branch, self.drop_path_rate)
-            scale = factor if scale is None else scale * factor
-        if scale is not None:
-            if branch.dtype == shortcut.dtype == scale.dtype:
-                return torch.addcmul(shortcut, branch, scale)
-            # Autocast (half branch, fp32 scale): addcmul would first copy its inputs to one
-            # type; the product reads the half branch as it is and gives fp32, as the
-            # reference's `gamma * x` does.
-            branch = branch * scale
-        if branch.dtype != torch.promote_types(branch.dtype, shortcut.dtype):
-            return shortcut + branch  # keep the reference's type promotion
-        return branch.add_(shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_cp and x.requires_grad:
             return cp.checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (out := ops.convnext_block(x, self.dwconv, self.norm, self.pwconv1, self.grn,
+                                      self.pwconv2, self.gamma, self.drop_path)) is not None:
+            return out  # the CPU accelerators (convnext_mm/ops), same result
+        shortcut = x
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        x = self.norm(x)
+        x = self.pwconv1(x)
+        x = self.act(x)
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = self.gamma * x
+        x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        return shortcut + self.drop_path(x)
 
 
 def _unknown_args_message(unknown_args: dict, signature: inspect.Signature) -> str:
@@ -256,18 +121,7 @@ class ConvNeXt(BaseModule):
     closest allowed argument and the full list.
     """
 
-    arch_settings: Dict[str, Dict[str, List[int]]] = {
-        'atto': dict(depths=[2, 2, 6, 2], channels=[40, 80, 160, 320]),
-        'femto': dict(depths=[2, 2, 6, 2], channels=[48, 96, 192, 384]),
-        'pico': dict(depths=[2, 2, 6, 2], channels=[64, 128, 256, 512]),
-        'nano': dict(depths=[2, 2, 8, 2], channels=[80, 160, 320, 640]),
-        'tiny': dict(depths=[3, 3, 9, 3], channels=[96, 192, 384, 768]),
-        'small': dict(depths=[3, 3, 27, 3], channels=[96, 192, 384, 768]),
-        'base': dict(depths=[3, 3, 27, 3], channels=[128, 256, 512, 1024]),
-        'large': dict(depths=[3, 3, 27, 3], channels=[192, 384, 768, 1536]),
-        'xlarge': dict(depths=[3, 3, 27, 3], channels=[256, 512, 1024, 2048]),
-        'huge': dict(depths=[3, 3, 27, 3], channels=[352, 704, 1408, 2816]),
-    }
+    arch_settings = ARCH_SETTINGS
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
