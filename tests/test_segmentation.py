@@ -107,18 +107,22 @@ def build(cfg_model):
 
 
 def test_upernet_tiny_forward_backward(seg_scope):
-    """The T recipe's UperNet (both heads) trains on a batch of two 256x256 crops."""
+    """The T recipe's UperNet (both heads) trains on a batch of two 128x128 crops (the data
+    preprocessor pads to the crop size it is given)."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
-    model = build(load('upernet_convnext_t_ade20k').model)
+    cfg = load('upernet_convnext_t_ade20k').model
+    assert cfg.data_preprocessor.size == (512, 512)  # the recipe's crop
+    cfg.data_preprocessor.size = (128, 128)
+    model = build(cfg)
     model.train()
     samples = []
     for _ in range(2):  # the pyramid pooling's 1x1 BN needs more than one image
-        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 256, 256))))
-        sample.set_metainfo(dict(img_shape=(256, 256), pad_shape=(256, 256),
-                                 ori_shape=(256, 256)))
+        sample = SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, 150, (1, 128, 128))))
+        sample.set_metainfo(dict(img_shape=(128, 128), pad_shape=(128, 128),
+                                 ori_shape=(128, 128)))
         samples.append(sample)
-    images = [torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8) for _ in range(2)]
+    images = [torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8) for _ in range(2)]
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
     losses = model.loss(data['inputs'], data['data_samples'])
     total, log_vars = model.parse_losses(losses)
