@@ -2,8 +2,8 @@
 
     python tools/benchmark_backbone.py [--arch tiny] [--shapes 8x3x224x224 2x3x800x1216]
         [--device cpu|cuda] [--precision fp32 fp16 bf16] [--channels-last off on]
-        [--compile off on] [--repeats 10] [--warmup 3] [--peak-size N] [--memory] [--json OUT]
-        [--profile N]
+        [--compile off on] [--repeats 10] [--warmup 3] [--peak-size N] [--ablate] [--memory]
+        [--json OUT] [--profile N]
 
 Every implementation gets the same weights (ours, converted) and the same input. For each
 setting, forward (inference, no_grad) and forward+backward (training: sum of the four stage
@@ -46,9 +46,8 @@ import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from convnext_mm import ConvNeXt  # noqa: E402
+from convnext_mm import ConvNeXt, ops  # noqa: E402
 from convnext_mm.checkpoint.formats import convnext_mm_key  # noqa: E402
-from convnext_mm import ops  # noqa: E402
 from convnext_mm.models.backbones import ConvNeXtBlock, LayerNorm2d  # noqa: E402
 
 TIMM_NAMES = {'atto': 'convnext_atto', 'femto': 'convnext_femto', 'pico': 'convnext_pico',

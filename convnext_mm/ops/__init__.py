@@ -25,10 +25,11 @@ from .depthwise_conv import depthwise_conv2d
 from .mlp import mlp_inference_
 
 _SWITCH = 'CONVNEXT_MM_FAST_CPU'
-if os.environ.get(_SWITCH, '1') not in ('0', '1'):
-    raise ValueError(f'{_SWITCH}={os.environ[_SWITCH]!r} is not allowed; use 1 (CPU '
-                     f'accelerators on, the default) or 0 (off)')
-FAST_CPU = os.environ.get(_SWITCH, '1') == '1'
+_switch_value = os.environ.get(_SWITCH, '1')
+if _switch_value not in ('0', '1'):
+    raise ValueError(f'{_SWITCH}={_switch_value!r} is not allowed; use 1 (CPU accelerators on, '
+                     f'the default) or 0 (off)')
+FAST_CPU = _switch_value == '1'
 ENABLED = dict.fromkeys(('depthwise_backward', 'inference_mlp'), FAST_CPU)
 
 __all__ = ['ENABLED', 'FAST_CPU', 'convnext_block', 'depthwise_conv2d', 'mlp_inference_']

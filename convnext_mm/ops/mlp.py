@@ -15,23 +15,17 @@ import torch.nn.functional as F
 INFERENCE_CHUNK_ROWS = 4096  # fastest for C = 96-512 on a 2-core EPYC
 
 
-def row_chunks(num_rows: int, chunk_rows: int, buffer_width: int, like: torch.Tensor):
-    """Slices of ``chunk_rows`` of ``num_rows`` rows (the last one shorter), each with as many
-    rows of one ``buffer_width``-wide buffer of ``like``'s type that every chunk reuses."""
-    buffer = like.new_empty(min(chunk_rows, num_rows), buffer_width)
-    for start in range(0, num_rows, chunk_rows):
-        stop = min(start + chunk_rows, num_rows)
-        yield slice(start, stop), buffer[:stop - start]
-
-
 @torch.no_grad()
 def mlp_inference_(rows: torch.Tensor, shortcut: torch.Tensor, norm: torch.nn.LayerNorm,
                    pwconv1: torch.nn.Linear, pwconv2: torch.nn.Linear,
                    scale: Optional[torch.Tensor]) -> torch.Tensor:
     """``rows = shortcut + scale * pwconv2(gelu(pwconv1(norm(rows))))`` in place on 2-D (pixels
     x channels) tensors, ``INFERENCE_CHUNK_ROWS`` rows at a time (no scale: 1)."""
-    for chunk, hidden in row_chunks(rows.shape[0], INFERENCE_CHUNK_ROWS, pwconv1.out_features,
-                                    rows):
+    num_rows = rows.shape[0]
+    buffer = rows.new_empty(min(INFERENCE_CHUNK_ROWS, num_rows), pwconv1.out_features)
+    for start in range(0, num_rows, INFERENCE_CHUNK_ROWS):
+        chunk = slice(start, min(start + INFERENCE_CHUNK_ROWS, num_rows))
+        hidden = buffer[:chunk.stop - start]
         normed = F.layer_norm(rows[chunk], norm.normalized_shape, norm.weight, norm.bias,
                               norm.eps)
         torch.addmm(pwconv1.bias, normed, pwconv1.weight.t(), out=hidden)
