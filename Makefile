@@ -2,8 +2,9 @@
 PYTHON := .venv/bin/python
 ENV_STAMP := .venv/.convnext_mm-env
 PYTEST_ARGS ?=
-# Two test processes (one per core on the 2-core CI machines); a file's tests stay together,
-# so module-scoped fixtures (toy datasets, reference runs) are built once.
+# Two test processes (one per core on the 2-core CI machines), each taking the next test as it
+# finishes one; tests marked with the same xdist_group (those sharing a reference training
+# run) stay together.
 PYTEST_WORKERS ?= 2
 
 .PHONY: env test demo demo-det demo-seg clean-env
@@ -15,7 +16,7 @@ $(ENV_STAMP): tools/setup_env.sh requirements/env.txt setup.py
 	touch $@
 
 test: $(ENV_STAMP)
-	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 DEMO_DET := configs/demo/cascade_convnext_demo.py
 DEMO_DET_DIR := work_dirs/demo_det

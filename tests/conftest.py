@@ -2,6 +2,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from forked_tools import ToolRun  # noqa: E402
 
 
 if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
@@ -55,12 +58,24 @@ def load_tool(name: str):
     return module
 
 
-def run_tool(args, timeout=900, **kwargs) -> str:
-    """Run a Python tool from the repository root; fail with its output unless it succeeds."""
-    out = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout, **kwargs)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout + out.stderr
+def start_tool(args, env=None, setup='') -> ToolRun:
+    """Start ``python ARGS`` (a tool and its arguments) from the repository root, forked from
+    a process with the libraries already imported (tests/forked_tools.py); ``setup`` is code
+    the process runs first."""
+    fd, log_path = tempfile.mkstemp(prefix='tool-', suffix='.log')
+    os.close(fd)
+    return ToolRun(args, ROOT, log_path, env, setup)
+
+
+def run_tool(args, timeout=900, env=None, setup='', returncode=0) -> str:
+    """Run a Python tool as ``start_tool`` does; fail with its output unless it exits with
+    ``returncode``; return what it printed (stdout and stderr)."""
+    run = start_tool(args, env, setup)
+    code = run.wait(timeout)
+    output = run.output()
+    os.remove(run.log_path)
+    assert code == returncode, f'exit code {code}\n' + output[-6000:]
+    return output
 
 
 # mmengine validates after the last epoch or iteration whatever val_interval says: training

@@ -1,5 +1,6 @@
 """ConvNeXt backbone: numerics against timm and torchvision, shapes, options."""
 import copy
+import importlib
 import os
 import subprocess
 import sys
@@ -271,18 +272,23 @@ def step_on_and_off(model, x):
                                    atol=1e-5 * expected.abs().max().item())
 
 
-def test_switch_turns_every_accelerator_off_and_tiny_outputs_agree():
-    """CONVNEXT_MM_FAST_CPU=0 (read at import) turns every accelerator off, another value is
-    refused naming it; a ConvNeXt-T gives the same outputs with the accelerators on and off."""
-    code = 'from convnext_mm import ops; print(ops.FAST_CPU, sorted(set(ops.ENABLED.values())))'
-    for value, expected in [('0', 'False [False]'), ('1', 'True [True]')]:
-        out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
-                             text=True, env=dict(os.environ, CONVNEXT_MM_FAST_CPU=value))
-        assert out.stdout.strip() == expected, out.stderr[-2000:]
-    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, CONVNEXT_MM_FAST_CPU='yes'))
-    assert out.returncode != 0
-    assert "CONVNEXT_MM_FAST_CPU='yes' is not allowed; use 1" in out.stderr
+def test_switch_turns_every_accelerator_off_and_tiny_outputs_agree(monkeypatch):
+    """CONVNEXT_MM_FAST_CPU=0 (read at import: the module is imported again under each value)
+    turns every accelerator off, another value is refused naming it; a ConvNeXt-T gives the
+    same outputs with the accelerators on and off."""
+    def import_ops_with_switch(value):
+        monkeypatch.setenv('CONVNEXT_MM_FAST_CPU', value)
+        return importlib.reload(ops)
+
+    try:
+        for value, expected in [('0', False), ('1', True)]:
+            switched = import_ops_with_switch(value)
+            assert switched.FAST_CPU is expected and set(switched.ENABLED.values()) == {expected}
+        with pytest.raises(ValueError, match="CONVNEXT_MM_FAST_CPU='yes' is not allowed; use 1"):
+            import_ops_with_switch('yes')
+    finally:
+        monkeypatch.undo()
+        importlib.reload(ops)
     model = randomize_(ConvNeXt('tiny')).eval()
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():

@@ -63,9 +63,6 @@ def test_empty_annotation_file(train_tool, toy_copy, tmp_path):
 
 @pytest.mark.parametrize('change', ['no_images', 'all_crowd'])
 def test_training_set_without_usable_images_is_an_error(train_tool, toy_copy, tmp_path, change):
-    from mmengine.runner import Runner
-
-    from convnext_mm.utils import build_train_loop
     path = toy_copy / 'annotations' / 'instances_train.json'
     coco = json.loads(path.read_text())
     if change == 'no_images':
@@ -74,10 +71,10 @@ def test_training_set_without_usable_images_is_an_error(train_tool, toy_copy, tm
         for annotation in coco['annotations']:
             annotation['iscrowd'] = 1
     path.write_text(json.dumps(coco))
-    runner = Runner.from_cfg(build_train_config(train_tool, toy_copy, tmp_path / 'work'))
     with pytest.raises(ValueError, match=r"training set has no usable sample \(annotation "
                        r"file\(s\): \[.*instances_train.json'\]\).*iscrowd=1"):
-        build_train_loop(runner)
+        train_tool.main([DEMO, '--work-dir', str(tmp_path / 'work')] +
+                        cfg_options(str(toy_copy) + '/'))
 
 
 def test_undecodable_image_fails_naming_the_file(toy_copy):

@@ -1,12 +1,10 @@
 """Checkpoint formats: round trips through init_cfg, the converter, and clear errors."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT, randomize_
+from conftest import randomize_, run_tool
 
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoint import CheckpointError, detect_layout, to_convnext_mm
@@ -172,10 +170,7 @@ def test_convert_checkpoint_tool(tmp_path, dst_suffix):
     reference = randomize_(timm.create_model('convnext_atto'))
     src = save(reference.state_dict(), str(tmp_path / 'timm.pth'))
     dst = str(tmp_path / f'out{dst_suffix}')
-    out = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', src, dst], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert 'timm (plain state dict), atto V1' in out.stdout
+    assert 'timm (plain state dict), atto V1' in run_tool(['tools/convert_checkpoint.py', src, dst])
     model = ConvNeXt('atto', init_cfg=dict(type='Pretrained', checkpoint=dst))
     model.init_weights()
     # timm's atto stores its MLP as 1x1 convolutions; ours are Linear layers.
@@ -184,6 +179,5 @@ def test_convert_checkpoint_tool(tmp_path, dst_suffix):
     if dst_suffix == '.pth':  # loadable by mmengine's load_from as a detector checkpoint
         keys = torch.load(dst, weights_only=True)['state_dict']
         assert all(k.startswith('backbone.') for k in keys)
-    bad = subprocess.run([sys.executable, 'tools/convert_checkpoint.py', src,
-                          str(tmp_path / 'x.ckpt')], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "x.ckpt" in bad.stderr
+    bad = run_tool(['tools/convert_checkpoint.py', src, str(tmp_path / 'x.ckpt')], returncode=1)
+    assert "x.ckpt" in bad

@@ -3,8 +3,6 @@ import glob
 import os
 import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -102,6 +100,8 @@ def test_cascade_tiny_forward_backward_on_cpu(det_scope):
     from mmdet.testing import demo_mm_inputs
     cfg = load('cascade_convnext_t_coco').model
     cfg.backbone.init_cfg = None
+    for stage in cfg.train_cfg.rcnn:  # 64 sampled RoIs per image (COCO: 512), for CPU time
+        stage.sampler.num = 64
     model = MODELS.build(cfg)
     model.init_weights()
     model.train()
@@ -159,3 +159,23 @@ def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
     assert 'Epoch(train) [1][2/2]' in log
     assert sorted(os.listdir(work)).count('epoch_1.pth') == 1
     assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['epoch_1.pth']
+
+
+def test_tools_format_the_config_text_once_per_distinct_config():
+    """mmengine's runner asks for the formatted config five times and once per checkpoint;
+    inside run_tool yapf formats each distinct text once, and the text is unchanged."""
+    from unittest.mock import patch
+
+    import mmengine.config.config as mmengine_config
+
+    from convnext_mm.utils.runtime import config_text_formatted_once
+    cfg = load('cascade_convnext_t_coco')
+    plain = cfg.pretty_text
+    real_format = mmengine_config.FormatCode
+    with patch.object(mmengine_config, 'FormatCode', wraps=real_format) as format_code:
+        with config_text_formatted_once():
+            assert [cfg.pretty_text for _ in range(3)] == [plain] * 3
+            assert format_code.call_count == 1
+            cfg.train_cfg.max_epochs = 1
+            assert cfg.pretty_text != plain and format_code.call_count == 2
+        assert mmengine_config.FormatCode is format_code  # restored on leaving

@@ -1,10 +1,7 @@
 """The environment: package import, mmcv's compiled ops (guards the source build)."""
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import ROOT
+from conftest import run_tool
 
 
 def test_package_imports_with_version():
@@ -23,13 +20,11 @@ def test_shipped_configs_are_reachable_from_the_package():
 
 
 def test_collect_env_reports_compiled_ops():
-    out = subprocess.run([sys.executable, 'tools/collect_env.py'], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_tool(['tools/collect_env.py'])
     for name in ('torch', 'mmcv', 'mmengine', 'mmdet', 'mmseg', 'timm', 'CUDA available'):
-        assert f'\n{name} ' in '\n' + out.stdout
-    assert 'compiled, loaded' in out.stdout
-    assert 'smoke test : passed' in out.stdout
+        assert f'\n{name} ' in '\n' + out
+    assert 'compiled, loaded' in out
+    assert 'smoke test : passed' in out
 
 
 def test_stack_imports():

@@ -5,13 +5,12 @@ import os.path as osp
 import random
 import signal
 import subprocess
-import sys
 import time
 import types
 
 import pytest
 import torch
-from conftest import NO_VALIDATION, ROOT, coco_options, load_tool
+from conftest import NO_VALIDATION, ROOT, coco_options, load_tool, start_tool
 from conftest import run_tool as run
 from mmengine.config import Config
 from mmengine.model import BaseModel
@@ -21,10 +20,12 @@ import convnext_mm  # noqa: F401  (registers the hooks and the restricted checkp
 from convnext_mm.checkpoint import CheckpointError
 
 DEMO = 'configs/demo/cascade_convnext_demo.py'
+# Tests that read the reference training run (the `uninterrupted` fixture) share one process.
+uses_reference_run = pytest.mark.xdist_group('reliability_reference_run')
 
 # Dies (SIGKILL) halfway through writing the file of the epoch-2 checkpoint to disk.
 KILL_DURING_SAVE = '''
-import os, runpy, signal, sys
+import os, signal
 from mmengine.fileio.backends.local_backend import LocalBackend
 real_put = LocalBackend.put
 def put(self, obj, filepath):
@@ -36,8 +37,6 @@ def put(self, obj, filepath):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_put(self, obj, filepath)
 LocalBackend.put = put
-sys.argv = ['tools/train.py'] + sys.argv[1:]
-runpy.run_path('tools/train.py', run_name='__main__')
 '''
 
 
@@ -59,20 +58,20 @@ def assert_same_training_state(path, reference):
             assert torch.equal(torch.as_tensor(other[name]), torch.as_tensor(state[name])), (i, name)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')  # not torn down when another file's test runs in between
 def uninterrupted(toy_coco, tmp_path_factory):
     work = str(tmp_path_factory.mktemp('uninterrupted'))
     run(['tools/train.py', DEMO, '--work-dir', work] + train_options(toy_coco))
     return osp.join(work, 'epoch_3.pth')
 
 
+@uses_reference_run
 def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(toy_coco, tmp_path,
                                                                        uninterrupted):
     work = str(tmp_path)
     options = train_options(toy_coco)
-    killed = subprocess.run([sys.executable, '-c', KILL_DURING_SAVE, DEMO, '--work-dir', work] +
-                            options, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run(['tools/train.py', DEMO, '--work-dir', work] + options, setup=KILL_DURING_SAVE,
+        returncode=-signal.SIGKILL)
     files = sorted(f for f in os.listdir(work) if 'pth' in f)
     # The half-written file never took the checkpoint's name; max_keep_ckpts=1 did not
     # remove epoch 1 before epoch 2 was complete; the pointer still names epoch 1.
@@ -87,26 +86,27 @@ def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(toy_coco, 
     assert_same_training_state(osp.join(work, 'epoch_3.pth'), uninterrupted)
 
 
+@uses_reference_run
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(toy_coco, tmp_path,
                                                                  uninterrupted):
     work = str(tmp_path)
     options = train_options(toy_coco)
-    proc = subprocess.Popen([sys.executable, 'tools/train.py', DEMO, '--work-dir', work] +
-                            options, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_tool(['tools/train.py', DEMO, '--work-dir', work] + options)
     deadline = time.time() + 300
     while not osp.exists(osp.join(work, 'epoch_1.pth')) and time.time() < deadline:
         time.sleep(0.05)
     delay = random.uniform(0, 2)  # somewhere in epoch 2 or 3 (about 1.5 s each)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
+    proc.kill()
     assert proc.wait(60) == -signal.SIGKILL, f'finished before the kill at +{delay:.2f}s'
+    os.remove(proc.log_path)
 
     log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + options)
     assert 'resumed epoch:' in log, f'killed at +{delay:.2f}s'
     assert_same_training_state(osp.join(work, 'epoch_3.pth'), uninterrupted)
 
 
+@uses_reference_run
 def test_truncated_latest_checkpoint_fails_clearly_and_keeps_the_previous(toy_coco, tmp_path,
                                                                           uninterrupted):
     work = tmp_path
@@ -146,6 +146,7 @@ def evil_checkpoint(tmp_path, uninterrupted):
     return str(path), marker
 
 
+@uses_reference_run
 @pytest.mark.parametrize('entry', ['resume', 'test'])
 def test_crafted_pickle_is_refused_by_the_tools(toy_coco, tmp_path, evil_checkpoint, entry):
     path, marker = evil_checkpoint
@@ -155,13 +156,12 @@ def test_crafted_pickle_is_refused_by_the_tools(toy_coco, tmp_path, evil_checkpo
         'resume': ['tools/train.py', DEMO, '--work-dir', work, '--resume', path] + options,
         'test': ['tools/test.py', DEMO, path, '--work-dir', work] + options,
     }[entry]
-    out = subprocess.run([sys.executable] + command, cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode != 0
-    assert 'Refused to load' in out.stderr and 'evil.pth' in out.stderr, out.stderr[-2000:]
+    log = run(command, returncode=1)
+    assert 'Refused to load' in log and 'evil.pth' in log, log[-2000:]
     assert not marker.exists()
 
 
+@uses_reference_run
 def test_crafted_pickle_is_refused_by_the_converter(tmp_path, evil_checkpoint):
     path, marker = evil_checkpoint
     with pytest.raises(CheckpointError, match="Refused to load '.*evil.pth'"):
@@ -169,6 +169,7 @@ def test_crafted_pickle_is_refused_by_the_converter(tmp_path, evil_checkpoint):
     assert not marker.exists() and not (tmp_path / 'out.pth').exists()
 
 
+@uses_reference_run
 def test_mmengine_load_checkpoint_is_restricted_and_reads_safetensors(tmp_path, evil_checkpoint):
     """mmengine's load_checkpoint is what the runner calls for ``load_from`` and ``--resume``."""
     from mmengine.runner import load_checkpoint

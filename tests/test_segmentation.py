@@ -150,7 +150,7 @@ def test_slide_inference_returns_a_full_size_map_for_a_non_square_image(seg_scop
     assert len(windows) == 6 and all(shape[-2:] == (128, 128) for shape in windows)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def toy_ade20k(tmp_path_factory):
     out = tmp_path_factory.mktemp('toy_ade20k')
     subprocess.run([sys.executable, 'tools/make_toy_data.py', '--dataset', 'ade20k', '--out',

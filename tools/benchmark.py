@@ -12,8 +12,9 @@ after `--warmup` images; data loading is not timed. Without a checkpoint the wei
 random, which does not change the amount of work except in the detector's post-processing.
 """
 import argparse
+import contextlib
+import io
 import os.path as osp
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +27,7 @@ from mmengine.config import Config, DictAction  # noqa: E402
 
 from tools.get_flops import build_model  # noqa: E402
 from tools.make_toy_data import CLASSES as TOY_COCO_CLASSES  # noqa: E402
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from tools.make_toy_data import main as make_toy_data  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -57,12 +57,13 @@ def dataset_on_disk(dataset) -> bool:
     return osp.isdir(osp.join(root, dataset.get('data_prefix', {}).get('img_path', '')))
 
 
-def use_toy_data(cfg, scope: str, folder: str) -> None:
-    """Point the test dataloader at freshly written toy data of the config's kind."""
+def use_toy_data(cfg, scope: str, folder: str, num_images: int) -> None:
+    """Point the test dataloader at ``num_images`` (at most 60) freshly written toy images of
+    the config's kind."""
     kind = 'coco' if scope == 'mmdet' else 'ade20k'
-    subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'make_toy_data.py'), '--dataset',
-                    kind, '--out', folder, '--num-train', '1', '--num-val', '60'],
-                   check=True, capture_output=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        make_toy_data(['--dataset', kind, '--out', folder, '--num-train', '1', '--num-val',
+                       str(min(num_images, 60))])
     dataset = cfg.test_dataloader.dataset
     dataset.data_root = folder
     if kind == 'coco':
@@ -96,7 +97,7 @@ def benchmark(cfg, checkpoint=None, num_images=50, warmup=5, device='cpu') -> fl
     loader_cfg.persistent_workers = False
     with tempfile.TemporaryDirectory() as folder:
         if not dataset_on_disk(loader_cfg.dataset):
-            use_toy_data(cfg, scope, folder)
+            use_toy_data(cfg, scope, folder, num_images + warmup)
         model = build(cfg, checkpoint, device)
         loader = Runner.build_dataloader(loader_cfg)
         timed, elapsed = 0, 0.

@@ -75,10 +75,14 @@ def paper_detector_forward(model, inputs):
     from mmdet.structures.bbox import bbox2roi
     x = model.extract_feat(inputs)
     outs = model.rpn_head(x)
+    # The count does not depend on the boxes (RoIAlign gives 7x7 or 14x14 features whatever
+    # their size; mmdet 2.x drew torch.randn(1000, 4)); boxes of 8-64 pixels keep the CPU
+    # RoIAlign's sampling grid small (boxes spanning the image took 6 of its 30 s).
     height, width = inputs.shape[-2:]
     generator = torch.Generator().manual_seed(0)
-    corners = torch.rand(1000, 2, 2, generator=generator) * torch.tensor([width, height])
-    proposals = torch.cat([corners.min(1).values, corners.max(1).values], 1)
+    sizes = 8 + 56 * torch.rand(1000, 2, generator=generator)
+    corners = torch.rand(1000, 2, generator=generator) * (torch.tensor([width, height]) - sizes)
+    proposals = torch.cat([corners, corners + sizes], 1)
     rois = bbox2roi([proposals.to(inputs.device)])
     roi_head = model.roi_head
     stages = range(roi_head.num_stages) if hasattr(roi_head, 'num_stages') else [None]
@@ -92,12 +96,15 @@ def paper_detector_forward(model, inputs):
     return outs
 
 
-def count(model, inputs):
+def count(model, inputs, parts=('', )):
+    """{part: (parameters, FLOPs)} of the model ('') and of its submodules named in ``parts``,
+    from one traced forward pass."""
     from mmengine.analysis import FlopAnalyzer, parameter_count
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.unsupported_ops_warnings(False)
     analyzer.uncalled_modules_warnings(False)
-    return parameter_count(model)[''], analyzer.total()
+    params, flops = parameter_count(model), analyzer.by_module()
+    return {part: (params[part], flops[part]) for part in parts}
 
 
 def get_flops(cfg, shape=None):
@@ -106,15 +113,14 @@ def get_flops(cfg, shape=None):
     model = build_model(cfg)
     height, width = shape or DEFAULT_SHAPES[scope]
     data = packed_inputs(model, scope, height, width)
+    if scope == 'mmdet' and getattr(model, 'with_rpn', False):
+        model.forward = lambda inputs: paper_detector_forward(model, inputs)
+    else:
+        samples, tensor_forward = data['data_samples'], model._forward
+        model.forward = lambda inputs: tensor_forward(inputs, samples)
     with torch.no_grad():
-        backbone = count(model.backbone, (data['inputs'], ))
-        if scope == 'mmdet' and getattr(model, 'with_rpn', False):
-            model.forward = lambda inputs: paper_detector_forward(model, inputs)
-        else:
-            samples, tensor_forward = data['data_samples'], model._forward
-            model.forward = lambda inputs: tensor_forward(inputs, samples)
-        whole = count(model, (data['inputs'], ))
-    return dict(backbone=backbone, model=whole, shape=(height, width))
+        counts = count(model, (data['inputs'], ), parts=('backbone', ''))
+    return dict(backbone=counts['backbone'], model=counts[''], shape=(height, width))
 
 
 def main(argv=None):
