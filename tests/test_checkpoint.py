@@ -7,6 +7,7 @@ import torch
 from conftest import randomize_, run_tool
 
 from convnext_mm import ConvNeXt
+from convnext_mm.arch import ARCH_SETTINGS
 from convnext_mm.checkpoint import CheckpointError, detect_layout, to_convnext_mm
 
 MMPRETRAIN_NAMES = {'dwconv': 'depthwise_conv', 'pwconv1': 'pointwise_conv1',
@@ -44,8 +45,16 @@ def mmpretrain_classifier(backbone_sd, channels):
     return {'state_dict': state}
 
 
+def mmpretrain_fcmae(backbone_sd, channels):
+    """mmpretrain's converted FCMAE encoders ('convnext-v2-*_3rdparty-fcmae_in1k'): its layout,
+    the backbone alone (FCMAE has no final norm or head)."""
+    state = mmpretrain_classifier(backbone_sd, channels)['state_dict']
+    return {'state_dict': {k: v for k, v in state.items()
+                           if not k.startswith(('head.', 'backbone.norm3.'))}}
+
+
 WRITERS = {'official_cls': official_classifier, 'official_det': official_detector,
-           'mmpretrain': mmpretrain_classifier}
+           'mmpretrain': mmpretrain_classifier, 'mmpretrain_fcmae': mmpretrain_fcmae}
 
 
 def save(obj, path):
@@ -159,9 +168,149 @@ def test_checkpoint_with_code_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
-def test_fcmae_checkpoint_is_rejected_clearly():
-    with pytest.raises(CheckpointError, match='FCMAE'):
-        to_convnext_mm({'model': {'encoder.stages.0.0.dwconv.kernel': torch.zeros(1)}})
+# --- ConvNeXt-V2 FCMAE pre-training checkpoints ----------------------------------------------
+
+def fcmae_checkpoint(arch):
+    """What the official ConvNeXt-V2 main_pretrain.py saves under 'model' (models/fcmae.py: the
+    sparse encoder of models/convnextv2_sparse.py with D=2, then proj, mask_token, one dense
+    decoder block of 512 channels and pred for 32x32 patches): every key and shape, random
+    values. MinkowskiEngine keeps kernels as (kernel volume, in, out) or, depthwise, (volume,
+    channels), biases and GRN parameters as (1, C); its LayerNorm and Linear wrap torch's as
+    `.ln` and `.linear`."""
+    depths, dims = ARCH_SETTINGS[arch]['depths'], ARCH_SETTINGS[arch]['channels']
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape, around=0.):
+        return around + 0.2 * torch.randn(*shape, generator=generator)
+
+    model = {'encoder.downsample_layers.0.0.weight': rand(dims[0], 3, 4, 4),
+             'encoder.downsample_layers.0.0.bias': rand(dims[0]),
+             'encoder.downsample_layers.0.1.weight': rand(dims[0], around=1.),
+             'encoder.downsample_layers.0.1.bias': rand(dims[0])}
+    for i in range(1, 4):
+        layer = f'encoder.downsample_layers.{i}'
+        model.update({f'{layer}.0.ln.weight': rand(dims[i - 1], around=1.),
+                      f'{layer}.0.ln.bias': rand(dims[i - 1]),
+                      f'{layer}.1.kernel': rand(4, dims[i - 1], dims[i]),
+                      f'{layer}.1.bias': rand(1, dims[i])})
+    for i, (depth, c) in enumerate(zip(depths, dims)):
+        for j in range(depth):
+            block = f'encoder.stages.{i}.{j}'
+            model.update({f'{block}.dwconv.kernel': rand(49, c), f'{block}.dwconv.bias': rand(1, c),
+                          f'{block}.norm.ln.weight': rand(c, around=1.),
+                          f'{block}.norm.ln.bias': rand(c),
+                          f'{block}.pwconv1.linear.weight': rand(4 * c, c),
+                          f'{block}.pwconv1.linear.bias': rand(4 * c),
+                          f'{block}.grn.gamma': rand(1, 4 * c), f'{block}.grn.beta': rand(1, 4 * c),
+                          f'{block}.pwconv2.linear.weight': rand(c, 4 * c),
+                          f'{block}.pwconv2.linear.bias': rand(c)})
+    decoder = {'proj.weight': rand(512, dims[3], 1, 1), 'proj.bias': rand(512),
+               'mask_token': rand(1, 512, 1, 1),
+               'decoder.0.dwconv.weight': rand(512, 1, 7, 7), 'decoder.0.dwconv.bias': rand(512),
+               'decoder.0.norm.weight': rand(512), 'decoder.0.norm.bias': rand(512),
+               'decoder.0.pwconv1.weight': rand(2048, 512), 'decoder.0.pwconv1.bias': rand(2048),
+               'decoder.0.grn.gamma': rand(1, 1, 1, 2048), 'decoder.0.grn.beta': rand(1, 1, 1, 2048),
+               'decoder.0.pwconv2.weight': rand(512, 2048), 'decoder.0.pwconv2.bias': rand(512),
+               'pred.weight': rand(3072, 512, 1, 1), 'pred.bias': rand(3072)}
+    return {'model': {**model, **decoder}}
+
+
+def official_remap(model):
+    """The official fine-tuning code's remapping (ConvNeXt-V2 utils.remap_checkpoint_keys), as
+    it describes each step: drop 'encoder.', turn kernels into weights, drop 'ln'/'linear',
+    flatten (1, C) biases, make GRN parameters (1, 1, 1, C). The decoder keys go through
+    unchanged, as there."""
+    remapped = {}
+    for key, value in model.items():
+        key = key[len('encoder.'):] if key.startswith('encoder') else key
+        if key.endswith('kernel'):
+            size = int(value.shape[0] ** 0.5)
+            if value.dim() == 3:
+                volume, c_in, c_out = value.shape
+                weight = value.permute(2, 1, 0).reshape(c_out, c_in, size, size).transpose(3, 2)
+            else:
+                volume, c = value.shape
+                weight = value.permute(1, 0).reshape(c, 1, size, size).transpose(3, 2)
+            remapped[key[:-len('kernel')] + 'weight'] = weight
+            continue
+        parts = key.split('.')
+        if 'ln' in parts or 'linear' in parts:
+            parts.pop(-2)
+        remapped['.'.join(parts)] = value
+    for key, value in remapped.items():
+        if key.endswith('bias') and value.dim() != 1:
+            remapped[key] = value.reshape(-1)
+        elif 'grn' in key:
+            remapped[key] = value.reshape(1, 1, 1, -1)
+    return remapped
+
+
+@pytest.mark.parametrize('arch', ['atto', 'tiny'])
+def test_fcmae_checkpoint_loads_as_the_official_remapping(tmp_path, arch):
+    """An FCMAE checkpoint loads with every encoder tensor used, the decoder dropped and named,
+    and computes what the V2 backbone given the official remapping computes."""
+    checkpoint = fcmae_checkpoint(arch)
+    converted, source = to_convnext_mm(checkpoint)
+    assert source.startswith("fcmae ({'model': ...}; FCMAE decoder dropped: 15 tensors of "
+                             "['decoder', 'mask_token', 'pred', 'proj']")
+    model = ConvNeXt(arch, use_grn=True)
+    backbone_keys = {k for k in model.state_dict() if not re.match(r'norm\d\.', k)}
+    assert set(converted) == backbone_keys  # nothing missing but the per-stage output norms
+
+    path = save(checkpoint, str(tmp_path / f'convnextv2_{arch}_1k_224_fcmae.pt'))
+    reference = save({'model': official_remap(checkpoint['model'])}, str(tmp_path / 'dense.pth'))
+    loaded, expected = (ConvNeXt(arch, use_grn=True, init_cfg=dict(type='Pretrained', checkpoint=p))
+                        for p in (path, reference))
+    for m in (loaded, expected):
+        m.init_weights()
+        m.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(loaded(x), expected(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_fcmae_kernels_keep_minkowski_spatial_order():
+    """A MinkowskiEngine kernel's volume index runs over the first spatial axis fastest (the
+    official remapping: offset (h, w) is index w * k + h): the converted convolutions equal
+    sums of shifted inputs weighted by the raw kernel entries."""
+    checkpoint = fcmae_checkpoint('atto')['model']
+    converted, _ = to_convnext_mm({'model': checkpoint})
+    x = torch.randn(1, 40, 12, 10)
+    kernel, bias = checkpoint['encoder.stages.0.1.dwconv.kernel'], checkpoint['encoder.stages.0.1.dwconv.bias']
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    expected = bias.reshape(1, -1, 1, 1) + sum(
+        kernel[k].reshape(1, -1, 1, 1) * padded[:, :, k % 7:k % 7 + 12, k // 7:k // 7 + 10]
+        for k in range(49))
+    got = torch.nn.functional.conv2d(x, converted['stages.0.1.dwconv.weight'],
+                                     converted['stages.0.1.dwconv.bias'], padding=3, groups=40)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    kernel = checkpoint['encoder.downsample_layers.1.1.kernel']  # (4, 40, 80), stride 2
+    expected = sum(torch.einsum('nihw,io->nohw', x[:, :, k % 2::2, k // 2::2], kernel[k])
+                   for k in range(4))
+    got = torch.nn.functional.conv2d(x, converted['downsample_layers.1.1.weight'], stride=2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fcmae_checkpoint_through_the_converter(tmp_path):
+    src = save(fcmae_checkpoint('atto'), str(tmp_path / 'convnextv2_atto_1k_224_fcmae.pt'))
+    dst = str(tmp_path / 'atto_fcmae_mm.pth')
+    out = run_tool(['tools/convert_checkpoint.py', src, dst])
+    assert "fcmae ({'model': ...}; FCMAE decoder dropped: 15 tensors" in out and 'atto V2' in out
+    converted = torch.load(dst, weights_only=True)['state_dict']
+    expected = official_remap(fcmae_checkpoint('atto')['model'])
+    assert set(converted) == {f'backbone.{k}' for k in expected if k.startswith(('downsample', 'stages'))}
+    torch.testing.assert_close(converted['backbone.stages.3.1.dwconv.weight'],
+                               expected['stages.3.1.dwconv.weight'])
+
+
+def test_dense_fcmae_release_drops_the_decoder_by_name():
+    """A remapped (dense) FCMAE file, encoder and decoder, loads as the official layout."""
+    dense = official_remap(fcmae_checkpoint('atto')['model'])
+    converted, source = to_convnext_mm({'model': dense})
+    assert source.startswith("official ({'model': ...}; FCMAE decoder dropped: 15 tensors")
+    assert set(converted) == {k for k in dense if k.startswith(('downsample', 'stages'))}
 
 
 @pytest.mark.parametrize('dst_suffix', ['.pth', '.safetensors'])

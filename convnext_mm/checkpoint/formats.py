@@ -9,15 +9,19 @@ layout                  recognised by
 official                ``downsample_layers.0.0.*`` and ``stages.i.j.dwconv``;
                         classification ``{'model': ...}`` (1K/22K, V1/V2) or
                         detection/segmentation ``state_dict`` with ``backbone.``
+fcmae                   ConvNeXt-V2 FCMAE pre-training, sparse encoder:
+                        ``encoder.`` prefix, ``*.kernel``, ``.ln.``/``.linear.``
 mmpretrain              ``stages.i.j.depthwise_conv`` / ``pointwise_conv1``
 timm                    ``stem.0``, ``stages.i.downsample``, ``blocks.j.conv_dw``
 torchvision             ``features.N...block.K``, ``layer_scale``
 ======================  =====================================================
 
-Classifier heads and the classifier's final norm are dropped; the per-stage
-output norms ``norm0..3`` of the detection backbone start fresh unless the
-checkpoint is itself a detection/segmentation one.
+Classifier heads and the classifier's final norm are dropped, and so is the
+FCMAE decoder (``proj``, ``mask_token``, ``decoder.*``, ``pred``); the
+per-stage output norms ``norm0..3`` of the detection backbone start fresh
+unless the checkpoint is itself a detection/segmentation one.
 """
+import math
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -26,7 +30,10 @@ import torch
 from ..arch import ARCH_SETTINGS, NUM_STAGES
 from .io import CheckpointError
 
-LAYOUTS = ('official', 'mmpretrain', 'timm', 'torchvision')
+LAYOUTS = ('official', 'fcmae', 'mmpretrain', 'timm', 'torchvision')
+
+# What the FCMAE pre-training model (official models/fcmae.py) holds besides its encoder.
+_FCMAE_DECODER = re.compile(r'^(proj|mask_token|decoder|pred)(\.|$)')
 
 _TORCHVISION_BLOCK = {'0': 'dwconv', '2': 'norm', '3': 'pwconv1', '5': 'pwconv2'}
 
@@ -95,11 +102,8 @@ def detect_layout(keys) -> str:
     def has(pattern):
         return any(re.search(pattern, k) for k in keys)
 
-    if has(r'^encoder\.') or has(r'\.kernel$') or has(r'\.(ln|linear)\.(weight|bias)$'):
-        raise CheckpointError(
-            'This looks like a ConvNeXt-V2 FCMAE pre-training checkpoint (sparse-convolution '
-            "layout: 'encoder.' prefix, '.kernel' tensors). It is not supported; use the "
-            'fine-tuned ImageNet-1K/22K V2 checkpoints instead.')
+    if has(r'\.kernel$') or has(r'\.(ln|linear)\.(weight|bias)$'):
+        return 'fcmae'
     if has(r'^features\.\d+\.\d+\.block\.'):
         return 'torchvision'
     if has(r'^stem\.0\.') and has(r'^stages\.\d+\.blocks\.\d+\.conv_dw\.'):
@@ -129,6 +133,46 @@ def convnext_mm_key(key: str, layout: str) -> Optional[str]:
     return None
 
 
+def fcmae_encoder_to_official(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The sparse FCMAE encoder's tensors in the official dense layout, as the official
+    fine-tuning code remaps them (ConvNeXt-V2 ``utils.remap_checkpoint_keys``).
+
+    MinkowskiEngine stores a convolution kernel as (kernel volume, in, out), or (kernel
+    volume, channels) when depthwise, with the volume index running over the first spatial
+    axis fastest: offset (h, w) is index ``w * k + h``. The ``ln``/``linear`` wrappers
+    leave the names and (1, C) biases become (C,).
+    """
+    converted = {}
+    for key, value in tensors.items():
+        if key.endswith('.kernel'):
+            key = key[:-len('kernel')] + 'weight'
+            size = math.isqrt(value.shape[0])
+            if value.dim() == 3:  # (k * k, in, out) -> (out, in, k, k)
+                value = value.permute(2, 1, 0).reshape(value.shape[2], value.shape[1], size, size)
+            else:  # depthwise (k * k, C) -> (C, 1, k, k)
+                value = value.permute(1, 0).reshape(value.shape[1], 1, size, size)
+            value = value.transpose(3, 2)
+        else:
+            key = re.sub(r'\.(ln|linear)\.', '.', key)
+            if key.endswith('.bias'):
+                value = value.reshape(-1)
+        converted[key] = value.contiguous()
+    return converted
+
+
+def _split_fcmae_decoder(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Drop an FCMAE checkpoint's decoder and its ``encoder.`` prefix; returns the encoder's
+    tensors and a note naming what was dropped ('' for other checkpoints)."""
+    decoder = sorted(k for k in tensors if _FCMAE_DECODER.match(k))
+    if not any(k.startswith('encoder.') for k in tensors) and not decoder:
+        return tensors, ''
+    encoder = {k[len('encoder.'):] if k.startswith('encoder.') else k: v
+               for k, v in tensors.items() if not _FCMAE_DECODER.match(k)}
+    parts = sorted({re.sub(r'\.\d+\..*|\.(weight|bias)$', '', k) for k in decoder})
+    note = f'; FCMAE decoder dropped: {len(decoder)} tensors of {parts}' if decoder else ''
+    return encoder, note
+
+
 def _reshape_to_layout(key: str, value: torch.Tensor) -> torch.Tensor:
     """Bring the shapes that differ between layouts to this project's shapes."""
     if re.search(r'\.grn\.(gamma|beta)$', key):
@@ -146,11 +190,14 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
     Returns the converted state dict and a description of the source format.
     """
     tensors, container = unwrap_state_dict(checkpoint)
+    tensors, dropped = _split_fcmae_decoder(tensors)
     layout = detect_layout(tensors)
+    if layout == 'fcmae':
+        tensors = fcmae_encoder_to_official(tensors)
     is_classifier = 'norm0.weight' not in tensors and layout in ('official', 'mmpretrain')
     converted = {}
     for key, value in tensors.items():
-        new_key = convnext_mm_key(key, layout)
+        new_key = convnext_mm_key(key, 'official' if layout == 'fcmae' else layout)
         if new_key is None:
             continue
         if is_classifier and re.match(r'^norm\d\.', new_key):
@@ -159,7 +206,7 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
     if not converted:
         raise CheckpointError(f'No backbone tensors left after converting the {layout} '
                               f'checkpoint ({container})')
-    return converted, f'{layout} ({container})'
+    return converted, f'{layout} ({container}{dropped})'
 
 
 def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[List[int], List[int], str]:
