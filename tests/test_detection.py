@@ -10,6 +10,8 @@ from conftest import NO_VALIDATION, ROOT, coco_options, randomize_, run_dist_tra
 from conftest import run_tool as run
 from mmengine.config import Config
 
+from convnext_mm.checkpoint import load_checkpoint_file
+
 pytest.importorskip('mmdet')
 
 CONFIGS = osp.join(ROOT, 'configs')
@@ -77,6 +79,30 @@ def test_recipe_values(name):
         assert cfg.model.type == 'MaskRCNN'
 
 
+def test_v2_mask_rcnn_recipe_has_mmdetections_values():
+    """mmdetection's projects/ConvNeXt-V2 Mask R-CNN V2-B (FCMAE, LSJ 1024, 3x; 52.9 / 46.4 AP)."""
+    cfg = load('mask_rcnn_convnext_v2_b_fcmae_lsj_coco')
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.use_grn, backbone.drop_path_rate) == \
+        ('ConvNeXt', 'base', True, 0.4)
+    assert backbone.init_cfg == dict(
+        type='Pretrained', checkpoint=URL + 'convnextv2/pt_only/convnextv2_base_1k_224_fcmae.pt')
+    assert cfg.model.type == 'MaskRCNN' and cfg.model.neck.in_channels == [128, 256, 512, 1024]
+    assert cfg.model.test_cfg.rcnn.nms.type == 'soft_nms'
+    resize, crop = cfg.train_dataloader.dataset.pipeline[2:4]
+    assert (resize.type, resize.scale, resize.ratio_range) == ('RandomResize', (1024, 1024), (0.1, 2.0))
+    assert (crop.type, crop.crop_size, crop.recompute_bbox) == ('RandomCrop', (1024, 1024), True)
+    assert cfg.train_dataloader.batch_size == 4 and cfg.auto_scale_lr.base_batch_size == 32
+    wrapper = cfg.optim_wrapper
+    assert (wrapper.type, wrapper.constructor) == ('AmpOptimWrapper',
+                                                   'ConvNeXtLayerDecayOptimizerConstructor')
+    assert wrapper.paramwise_cfg == dict(decay_rate=0.95, decay_type='layer_wise', num_layers=12)
+    assert wrapper.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end, steps.milestones, cfg.train_cfg.max_epochs) == \
+        (0.001, 1000, [27, 33], 36)
+
+
 @pytest.fixture(scope='module')
 def det_scope():
     from mmdet.utils import register_all_modules
@@ -93,6 +119,20 @@ def test_models_build_with_published_sizes(det_scope, name, params):
         model = MODELS.build(load(name).model)
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - params) / params < 0.02, count
+
+
+def test_v2_mask_rcnn_backbone_is_timms_convnextv2_base(det_scope):
+    """The V2-B recipe's backbone has the parameters of timm's convnextv2_base without its
+    classifier (head and final norm) plus the four per-stage output norms."""
+    import timm
+    from mmdet.registry import MODELS
+    with torch.device('meta'):
+        model = MODELS.build(load('mask_rcnn_convnext_v2_b_fcmae_lsj_coco').model)
+        reference = timm.create_model('convnextv2_base')
+    timm_backbone = sum(p.numel() for name, p in reference.named_parameters()
+                        if not name.startswith('head'))
+    output_norms = 2 * (128 + 256 + 512 + 1024)
+    assert sum(p.numel() for p in model.backbone.parameters()) == timm_backbone + output_norms
 
 
 def test_cascade_tiny_forward_backward_on_cpu(det_scope):
@@ -136,11 +176,14 @@ def test_roi_features_of_the_backbone_match_torchvision_roi_align(det_scope):
 
 
 def test_train_then_test_on_toy_data(toy_coco, tmp_path):
+    """The demo with the ConvNeXt V2 block (the V1 block trains in test_reliability.py)."""
     work = str(tmp_path / 'work')
-    short = coco_options(toy_coco, **{'train_cfg.max_epochs': 1, **NO_VALIDATION})
+    short = coco_options(toy_coco, **{'train_cfg.max_epochs': 1, **NO_VALIDATION,
+                                      'model.backbone.use_grn': True})
     log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
     assert 'Epoch(train) [1][4/4]' in log
-    assert osp.isfile(osp.join(work, 'epoch_1.pth'))
+    weights = load_checkpoint_file(osp.join(work, 'epoch_1.pth'))['state_dict']
+    assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
 
     log = run(['tools/test.py', DEMO, osp.join(work, 'epoch_1.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)

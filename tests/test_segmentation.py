@@ -14,6 +14,8 @@ from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
 
+from convnext_mm.checkpoint import load_checkpoint_file
+
 pytest.importorskip('mmseg')
 
 CONFIGS = osp.join(ROOT, 'configs')
@@ -178,12 +180,15 @@ def test_toy_ade20k_layout_and_labels(toy_ade20k):
 
 
 def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
+    """The demo with the ConvNeXt V2 block (the V1 block trains in the two-process test)."""
     work = str(tmp_path / 'work')
+    v2 = {'model.backbone.use_grn': True}
     short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, **NO_VALIDATION,
-                                        'default_hooks.checkpoint.interval': 2})
+                                        'default_hooks.checkpoint.interval': 2, **v2})
     log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
     assert 'Iter(train) [4/4]' in log
-    assert osp.isfile(osp.join(work, 'iter_4.pth'))
+    weights = load_checkpoint_file(osp.join(work, 'iter_4.pth'))['state_dict']
+    assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
 
     log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)
@@ -196,7 +201,7 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     assert re.search(r'mIoU: \d', log)
 
     longer = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 6, **NO_VALIDATION,
-                                         'default_hooks.checkpoint.interval': 2})
+                                         'default_hooks.checkpoint.interval': 2, **v2})
     log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
     assert re.search(r'resumed epoch: 0, iter: 4', log)
     assert 'Iter(train) [6/6]' in log and 'Iter(train) [4/6]' not in log
