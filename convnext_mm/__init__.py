@@ -4,8 +4,8 @@ Importing the package registers ``ConvNeXt`` (MODELS) and
 ``ConvNeXtLayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS) in
 mmengine's root registries, so they build under any downstream scope
 (mmdet, mmseg, ...) without mmdet or mmseg being imported here, registers the
-``AtomicCheckpointHook`` and ``FiniteLossHook`` (HOOKS), and routes mmengine's
-checkpoint loading through the restricted unpickler
+``AtomicCheckpointHook``, ``FiniteLossHook`` and ``LayerDecayLrLogHook`` (HOOKS), and
+routes mmengine's checkpoint loading through the restricted unpickler
 (``convnext_mm.checkpoint.use_restricted_checkpoint_loading``).
 """
 __version__ = '0.1.0'
@@ -13,14 +13,15 @@ __version__ = '0.1.0'
 import os.path as osp  # noqa: E402
 
 from .checkpoint import use_restricted_checkpoint_loading  # noqa: E402
-from .engine import AtomicCheckpointHook, ConvNeXtLayerDecayOptimizerConstructor, FiniteLossHook  # noqa: E402,E501
+from .engine import (AtomicCheckpointHook, ConvNeXtLayerDecayOptimizerConstructor,  # noqa: E402
+                     FiniteLossHook, LayerDecayLrLogHook)
 from .models import ConvNeXt  # noqa: E402
 
 use_restricted_checkpoint_loading()
 
 __all__ = [
     '__version__', 'AtomicCheckpointHook', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
-    'FiniteLossHook', 'get_config_path'
+    'FiniteLossHook', 'LayerDecayLrLogHook', 'get_config_path'
 ]
 
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 import torch
-from conftest import NO_VALIDATION, ROOT, coco_options, randomize_, run_dist_train
+from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, coco_options, randomize_,
+                      run_dist_train)
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -205,6 +206,7 @@ def test_train_then_test_on_toy_data(toy_coco, tmp_path):
     assert 'Epoch(train) [1][4/4]' in log
     weights = load_checkpoint_file(osp.join(work, 'epoch_1.pth'))['state_dict']
     assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
+    assert_logged_lr(work, 0.7**7)  # layer_wise 0.7 over 6 layers: the stem's scale
 
     log = run(['tools/test.py', DEMO, osp.join(work, 'epoch_1.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import NO_VALIDATION, ROOT, cfg_options, run_dist_train
+from conftest import NO_VALIDATION, ROOT, assert_logged_lr, cfg_options, run_dist_train
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -212,6 +212,7 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     assert 'Iter(train) [4/4]' in log
     weights = load_checkpoint_file(osp.join(work, 'iter_4.pth'))['state_dict']
     assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
+    assert_logged_lr(work, 0.9**7)  # stage_wise 0.9 over 6 layers: the stem's scale
 
     log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)

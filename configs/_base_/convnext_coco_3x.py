@@ -53,4 +53,4 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)
 # Checkpoints written atomically (a killed run never leaves a half-written one for --resume)
 # and a NaN/inf loss stops training before it is saved (convnext_mm.engine.hooks).
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [dict(type='FiniteLossHook')]
+custom_hooks = [dict(type='FiniteLossHook'), dict(type='LayerDecayLrLogHook')]

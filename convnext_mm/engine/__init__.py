@@ -1,4 +1,7 @@
-from .hooks import AtomicCheckpointHook, FiniteLossHook
+from .hooks import AtomicCheckpointHook, FiniteLossHook, LayerDecayLrLogHook
 from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
 
-__all__ = ['AtomicCheckpointHook', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook']
+__all__ = [
+    'AtomicCheckpointHook', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook',
+    'LayerDecayLrLogHook'
+]

@@ -1,0 +1,28 @@
+"""Log the learning rate people expect under layer-wise lr decay."""
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class LayerDecayLrLogHook(Hook):
+    """Log the heads' current lr as ``lr`` and the stem's as ``lr_stem``.
+
+    mmengine logs the lr of the first parameter group, which under
+    ``ConvNeXtLayerDecayOptimizerConstructor`` is the stem's (e.g. 0.082x the
+    configured lr for the Cascade T recipe), so the log looked like a wrong lr
+    (ConvNeXt issue #7). With this hook ``lr`` is the lr of the groups at the
+    largest scale (1.0: neck and heads), following warm-up and schedule, and
+    ``lr_stem`` the smallest. Optimizers built by another constructor (no
+    ``lr_scale`` in their groups) are left as mmengine logs them.
+    """
+
+    priority = 'VERY_HIGH'  # after mmengine's RuntimeInfoHook, registered first
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
+        groups = getattr(optimizer, 'param_groups', [])
+        if not groups or any('lr_scale' not in group for group in groups):
+            return
+        by_scale = sorted(groups, key=lambda group: group['lr_scale'])
+        runner.message_hub.update_scalar('train/lr', by_scale[-1]['lr'])
+        runner.message_hub.update_scalar('train/lr_stem', by_scale[0]['lr'])
