@@ -34,6 +34,8 @@ demo-det: $(ENV_STAMP)
 	$(PYTHON) tools/train.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) $(NO_VAL)
 	$(PYTHON) tools/test.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_DET_DIR) --show-dir vis
+	$(PYTHON) tools/plot_curves.py $(DEMO_DET_DIR) --keys loss lr lr_stem \
+		--out $(DEMO_DET_DIR)/curves.png
 
 demo-seg: $(ENV_STAMP)
 	$(PYTHON) tools/make_toy_data.py --dataset ade20k --out data/toy_ade20k
@@ -41,6 +43,8 @@ demo-seg: $(ENV_STAMP)
 	$(PYTHON) tools/train.py $(DEMO_SEG) --work-dir $(DEMO_SEG_DIR) $(NO_VAL)
 	$(PYTHON) tools/test.py $(DEMO_SEG) $$(cat $(DEMO_SEG_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_SEG_DIR) --show-dir vis
+	$(PYTHON) tools/plot_curves.py $(DEMO_SEG_DIR) --keys loss lr lr_stem \
+		--out $(DEMO_SEG_DIR)/curves.png
 
 clean-env:
 	rm -rf .venv build/logs

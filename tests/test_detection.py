@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, coco_options, randomize_,
-                      run_dist_train)
+from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, coco_options, load_tool,
+                      randomize_, run_dist_train)
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -207,6 +207,9 @@ def test_train_then_test_on_toy_data(toy_coco, tmp_path):
     weights = load_checkpoint_file(osp.join(work, 'epoch_1.pth'))['state_dict']
     assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
     assert_logged_lr(work, 0.7**7)  # layer_wise 0.7 over 6 layers: the stem's scale
+    load_tool('plot_curves').main([work, '--keys', 'loss', 'lr', 'lr_stem', 's2.loss_mask',
+                                   '--out', str(tmp_path / 'curves.png')])
+    assert (tmp_path / 'curves.png').stat().st_size > 10000
 
     log = run(['tools/test.py', DEMO, osp.join(work, 'epoch_1.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)
