@@ -132,3 +132,25 @@ def assert_logged_lr(work_dir: str, stem_scale: float) -> None:
     for row in rows:
         assert row['lr'] == pytest.approx(row['base_lr'], rel=1e-6), row
         assert row['lr_stem'] == pytest.approx(row['base_lr'] * stem_scale, rel=1e-6), row
+
+
+def assert_v2_backbone_is_timms(backbone, arch: str) -> None:
+    """A V2 backbone has the parameters of timm's convnextv2_<arch> without its classifier
+    (head and final norm) plus its four per-stage output norms."""
+    import timm
+    with torch.device('meta'):
+        reference = timm.create_model(f'convnextv2_{arch}')
+    timm_backbone = sum(p.numel() for name, p in reference.named_parameters()
+                        if not name.startswith('head'))
+    assert sum(p.numel() for p in backbone.parameters()) == \
+        timm_backbone + 2 * sum(backbone.out_channels)
+
+
+def assert_v1_recipe_with_v2_block(v2, v1, arch: str) -> None:
+    """Config ``v2`` is ``v1`` with the V2 block and the official FCMAE weights of ``arch``."""
+    assert v2.model.backbone.use_grn and v2.model.backbone.init_cfg.checkpoint.endswith(
+        f'convnextv2/pt_only/convnextv2_{arch}_1k_224_fcmae.pt')
+    v2.model.backbone.pop('use_grn')
+    v2.model.backbone.init_cfg = v1.model.backbone.init_cfg
+    assert v2.model == v1.model and v2.optim_wrapper == v1.optim_wrapper
+    assert v2.train_dataloader == v1.train_dataloader and v2.param_scheduler == v1.param_scheduler

@@ -6,8 +6,9 @@ import re
 
 import pytest
 import torch
-from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, coco_options, load_tool,
-                      randomize_, run_dist_train)
+from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, assert_v1_recipe_with_v2_block,
+                      assert_v2_backbone_is_timms, coco_options, load_tool, randomize_,
+                      run_dist_train)
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -126,21 +127,15 @@ def test_models_build_with_published_sizes(det_scope, name, params):
     ('mask_rcnn_convnext_v2_b_fcmae_lsj_coco', 'mask_rcnn_convnext_t_coco'),
     ('cascade_convnext_v2_b_fcmae_coco', 'cascade_convnext_b_coco')])
 def test_v2_recipes_are_timms_convnextv2_base_in_the_v1_detector(det_scope, name, v1_name):
-    """A V2-B recipe's backbone has the parameters of timm's convnextv2_base without its
-    classifier (head and final norm) plus the four per-stage output norms; the rest of the
+    """A V2-B recipe's backbone is timm's convnextv2_base (by parameter count); the rest of the
     detector is the V1 recipe's (FPN input channels aside)."""
-    import timm
     from mmdet.registry import MODELS
     v1 = load(v1_name).model
     v1.neck.in_channels = [128, 256, 512, 1024]
     with torch.device('meta'):
         model = MODELS.build(load(name).model)
         v1_model = MODELS.build(v1)
-        reference = timm.create_model('convnextv2_base')
-    timm_backbone = sum(p.numel() for name, p in reference.named_parameters()
-                        if not name.startswith('head'))
-    output_norms = 2 * (128 + 256 + 512 + 1024)
-    assert sum(p.numel() for p in model.backbone.parameters()) == timm_backbone + output_norms
+    assert_v2_backbone_is_timms(model.backbone, 'base')
 
     def detector_without_backbone(m):
         return sum(p.numel() for n, p in m.named_parameters() if not n.startswith('backbone.'))
@@ -148,13 +143,8 @@ def test_v2_recipes_are_timms_convnextv2_base_in_the_v1_detector(det_scope, name
 
 
 def test_v2_cascade_recipe_is_the_v1_b_recipe_with_the_v2_block():
-    v2, v1 = load('cascade_convnext_v2_b_fcmae_coco'), load('cascade_convnext_b_coco')
-    assert v2.model.backbone.use_grn and v2.model.backbone.init_cfg.checkpoint.endswith(
-        'convnextv2/pt_only/convnextv2_base_1k_224_fcmae.pt')
-    v2.model.backbone.pop('use_grn')
-    v2.model.backbone.init_cfg = v1.model.backbone.init_cfg
-    assert v2.model == v1.model and v2.optim_wrapper == v1.optim_wrapper
-    assert v2.train_dataloader == v1.train_dataloader and v2.param_scheduler == v1.param_scheduler
+    assert_v1_recipe_with_v2_block(load('cascade_convnext_v2_b_fcmae_coco'),
+                                   load('cascade_convnext_b_coco'), 'base')
 
 
 def test_cascade_tiny_forward_backward_on_cpu(det_scope):

@@ -1,4 +1,6 @@
 """Log the learning rate people expect under layer-wise lr decay."""
+from operator import itemgetter
+
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -23,6 +25,6 @@ class LayerDecayLrLogHook(Hook):
         groups = getattr(optimizer, 'param_groups', [])
         if not groups or any('lr_scale' not in group for group in groups):
             return
-        by_scale = sorted(groups, key=lambda group: group['lr_scale'])
-        runner.message_hub.update_scalar('train/lr', by_scale[-1]['lr'])
-        runner.message_hub.update_scalar('train/lr_stem', by_scale[0]['lr'])
+        scale = itemgetter('lr_scale')
+        runner.message_hub.update_scalar('train/lr', max(groups, key=scale)['lr'])
+        runner.message_hub.update_scalar('train/lr_stem', min(groups, key=scale)['lr'])
