@@ -24,7 +24,8 @@ DEMO_SEG := configs/demo/upernet_convnext_demo.py
 DEMO_SEG_DIR := work_dirs/demo_seg
 NO_VAL := --cfg-options val_cfg=None val_dataloader=None val_evaluator=None
 
-# Each demo trains without validation; its test step evaluates once and draws pictures.
+# Each demo trains without validation; its test step evaluates once and draws pictures; then
+# the curves of the run, and tools/infer.py on a few images.
 demo: demo-det demo-seg
 
 demo-det: $(ENV_STAMP)
@@ -36,6 +37,8 @@ demo-det: $(ENV_STAMP)
 		--work-dir $(DEMO_DET_DIR) --show-dir vis
 	$(PYTHON) tools/plot_curves.py $(DEMO_DET_DIR) --keys loss lr lr_stem \
 		--out $(DEMO_DET_DIR)/curves.png
+	$(PYTHON) tools/infer.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \
+		'data/toy_coco/val/00000[0-3].png' --out-dir $(DEMO_DET_DIR)/infer
 
 demo-seg: $(ENV_STAMP)
 	$(PYTHON) tools/make_toy_data.py --dataset ade20k --out data/toy_ade20k
@@ -45,6 +48,8 @@ demo-seg: $(ENV_STAMP)
 		--work-dir $(DEMO_SEG_DIR) --show-dir vis
 	$(PYTHON) tools/plot_curves.py $(DEMO_SEG_DIR) --keys loss lr lr_stem \
 		--out $(DEMO_SEG_DIR)/curves.png
+	$(PYTHON) tools/infer.py $(DEMO_SEG) $$(cat $(DEMO_SEG_DIR)/last_checkpoint) \
+		'data/toy_ade20k/images/validation/ADE_val_0000000[1-4].jpg' --out-dir $(DEMO_SEG_DIR)/infer
 
 clean-env:
 	rm -rf .venv build/logs

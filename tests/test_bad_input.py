@@ -154,3 +154,36 @@ def test_datasets_on_remote_storage_are_left_to_their_file_backend():
     cfg.train_dataloader.dataset.backend_args = None
     cfg.train_dataloader.dataset.data_root = 's3://bucket/coco/'
     check_dataset_paths(cfg, 'train')
+
+
+def test_infer_tool_refuses_bad_arguments_before_loading_the_model(toy_coco, tmp_path, capsys):
+    infer_tool = load_tool('infer')
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'x')  # not opened: every error below comes first
+
+    out = tmp_path / 'out'
+
+    def infer(*args):
+        infer_tool.main([DEMO, str(checkpoint), toy_coco + 'val', '--out-dir', str(out), *args])
+
+    with pytest.raises(SystemExit):
+        infer('--score-thr', '1.5')
+    assert '--score-thr must be within [0, 1], got 1.5' in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--device must be cpu, cuda or cuda:N, got 'gpu'"):
+        infer('--device', 'gpu')
+    for name in ('a', 'b'):
+        shutil.copytree(toy_coco + 'val', tmp_path / name)
+    with pytest.raises(ValueError, match=r"several inputs are called '000000.png' \(4 such names\)"
+                       r': infer each folder into its own --out-dir'):
+        infer_tool.main([DEMO, str(checkpoint), str(tmp_path / 'a'), str(tmp_path / 'b'),
+                         '--out-dir', str(out)])
+    other_scope = tmp_path / 'classifier.py'
+    other_scope.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='ImageClassifier')\n")
+    with pytest.raises(ValueError, match=r"classifier.py: default_scope must be 'mmdet' or "
+                       r"'mmseg', got 'mmpretrain'"):
+        infer_tool.main([str(other_scope), str(checkpoint), toy_coco + 'val', '--device', 'cpu',
+                         '--out-dir', str(out)])
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r'--device cuda:1: no CUDA device on this machine'):
+            infer('--device', 'cuda:1')
+    assert not out.exists()

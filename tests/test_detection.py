@@ -1,5 +1,6 @@
 """COCO recipes: every config's values, the full detector, and the tools end to end on toy data."""
 import glob
+import json
 import os
 import os.path as osp
 import re
@@ -187,7 +188,7 @@ def test_roi_features_of_the_backbone_match_torchvision_roi_align(det_scope):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_train_then_test_on_toy_data(toy_coco, tmp_path):
+def test_train_test_and_infer_on_toy_data(toy_coco, tmp_path):
     """The demo with the ConvNeXt V2 block (the V1 block trains in test_reliability.py)."""
     work = str(tmp_path / 'work')
     short = coco_options(toy_coco, **{'train_cfg.max_epochs': 1, **NO_VALIDATION,
@@ -207,6 +208,48 @@ def test_train_then_test_on_toy_data(toy_coco, tmp_path):
         assert re.search(metric + r': -?\d', log), metric
     assert osp.getsize(tmp_path / 'preds.pkl') > 0
     assert len(glob.glob(osp.join(work, '*', 'vis', '*.png'))) == 4
+    check_infer_tool(osp.join(work, 'cascade_convnext_demo.py'), osp.join(work, 'epoch_1.pth'),
+                     toy_coco, tmp_path)
+
+
+def check_infer_tool(config, checkpoint, toy_coco, tmp_path):
+    """tools/infer.py on a folder, a broken and a missing file: every good image gets its
+    picture and mmdet's prediction as JSON, equal to mmdet's inference_detector; the bad
+    inputs are named after the good ones are written."""
+    import pycocotools.mask as mask_utils
+    from mmdet.apis import inference_detector, init_detector
+    (tmp_path / 'broken.png').write_bytes(b'not a picture')
+    out = tmp_path / 'infer'
+    # score_thr 0: keep the low-scoring detections of a detector trained for one epoch
+    every_detection = ['--cfg-options', 'model.test_cfg.rcnn.score_thr=0']
+    log = run(['tools/infer.py', config, checkpoint, toy_coco + 'val', str(tmp_path / 'broken.png'),
+               str(tmp_path / 'missing.png'), '--out-dir', str(out), '--device', 'cpu'] +
+              every_detection, returncode=1)
+    assert '2 input(s) skipped' in log and 'broken.png: not a readable image\n' in log
+    assert 'missing.png: no such file or folder\n' in log
+    assert sorted(os.listdir(out / 'vis')) == [f'00000{i}.png' for i in range(4)]
+    detector = init_detector(config, checkpoint, device='cpu', cfg_options={
+        'model.test_cfg.rcnn.score_thr': 0})
+    classes = detector.dataset_meta['classes']
+    for i in range(4):
+        image = f'{toy_coco}val/00000{i}.png'
+        with open(out / 'preds' / f'00000{i}.json') as f:
+            got = json.load(f)
+        want = inference_detector(detector, image).pred_instances
+        assert got['image'] == image and len(got['scores']) == len(want) > 10
+        torch.testing.assert_close(torch.tensor(got['bboxes']), want.bboxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(torch.tensor(got['scores']), want.scores, atol=1e-5, rtol=0)
+        assert got['labels'] == want.labels.tolist()
+        assert got['label_names'] == [classes[i] for i in got['labels']]
+        masks = mask_utils.decode([dict(m, counts=m['counts'].encode()) for m in got['masks']])
+        assert masks.shape == (128, 128, len(want))
+        assert (masks.transpose(2, 0, 1) == want.masks.numpy()).mean() > 0.999
+
+    # the V1 demo config with this V2 (GRN) checkpoint
+    log = run(['tools/infer.py', DEMO, checkpoint, toy_coco + 'val'], returncode=1)
+    assert re.search(r"CheckpointError: Checkpoint '.*epoch_1.pth' of '.*cascade_convnext_demo.py' "
+                     r'does not fit the model: .*24 not in the model \(first: backbone.stages.0.0.grn',
+                     log)
 
 
 def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):

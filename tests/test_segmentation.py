@@ -1,5 +1,6 @@
 """ADE20K recipes: every config's values, the full segmentor, and the tools end to end on toy data."""
 import glob
+import json
 import os
 import os.path as osp
 import re
@@ -191,7 +192,7 @@ def test_toy_ade20k_layout_and_labels(toy_ade20k):
     assert 0 in values and values - {0} <= ade_ids and {3, 10} <= values
 
 
-def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
+def test_train_test_tta_infer_and_resume_on_toy_data(toy_ade20k, tmp_path):
     """The demo with the ConvNeXt V2 block (the V1 block trains in the two-process test)."""
     work = str(tmp_path / 'work')
     v2 = {'model.backbone.use_grn': True}
@@ -209,6 +210,10 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     assert osp.getsize(tmp_path / 'preds.pkl') > 0
     assert len(glob.glob(osp.join(work, 'vis', 'vis_data', 'vis_image', '*.png'))) == 3
 
+    # the config as trained (the --tta run below rewrites the work dir's copy)
+    check_infer_tool(osp.join(work, 'upernet_convnext_demo.py'), osp.join(work, 'iter_4.pth'),
+                     toy_ade20k, tmp_path)
+
     log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work, '--tta']
               + short)
     assert re.search(r'mIoU: \d', log)
@@ -219,6 +224,34 @@ def test_train_test_tta_and_resume_on_toy_data(toy_ade20k, tmp_path):
     assert re.search(r'resumed epoch: 0, iter: 4', log)
     assert 'Iter(train) [6/6]' in log and 'Iter(train) [4/6]' not in log
     assert osp.isfile(osp.join(work, 'iter_6.pth'))
+
+
+def check_infer_tool(config, checkpoint, toy_ade20k, tmp_path):
+    """tools/infer.py on a glob and a folder holding a broken file: per good image the
+    picture (the image beside the colour-coded prediction), the label map equal to mmseg's
+    inference_model, and its pixel counts per class as JSON; the broken file named after."""
+    from mmseg.apis import inference_model, init_model
+    folder = tmp_path / 'pictures'
+    folder.mkdir()
+    (folder / 'broken.jpg').write_bytes(b'not a picture')
+    out = tmp_path / 'infer'
+    log = run(['tools/infer.py', config, checkpoint, toy_ade20k + 'images/validation/*0[12].jpg',
+               str(folder), '--out-dir', str(out)], returncode=1)
+    assert re.search(r'1 input\(s\) skipped:\n  \S+broken.jpg: not a readable image\n', log)
+    segmentor = init_model(config, checkpoint, device='cpu')
+    classes = segmentor.dataset_meta['classes']
+    assert sorted(os.listdir(out / 'vis')) == ['ADE_val_00000001.jpg', 'ADE_val_00000002.jpg']
+    for name in ('ADE_val_00000001', 'ADE_val_00000002'):
+        image = f'{toy_ade20k}images/validation/{name}.jpg'
+        want = inference_model(segmentor, image).pred_sem_seg.data[0].numpy()
+        label_map = np.asarray(Image.open(out / 'preds' / f'{name}.png'))
+        np.testing.assert_array_equal(label_map, want)
+        assert np.asarray(Image.open(out / 'vis' / f'{name}.jpg')).shape == (96, 2 * 128, 3)
+        with open(out / 'preds' / f'{name}.json') as f:
+            got = json.load(f)
+        labels, counts = np.unique(want, return_counts=True)
+        assert got == dict(image=image, height=96, width=128, pixels_per_class={
+            classes[i]: int(n) for i, n in zip(labels, counts)})
 
 
 def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):

@@ -55,7 +55,8 @@ def allow_mmengine_checkpoint_globals() -> None:
         [(_history_buffer_method, 'builtins.getattr')])
 
 
-def _load_restricted(filename, map_location=None):
+def load_from_restricted(filename, map_location=None):
+    # mmengine logs "Loads checkpoint by <name without load_from_> backend"
     return load_checkpoint_file(filename, map_location=map_location or 'cpu')
 
 
@@ -65,6 +66,6 @@ def use_restricted_checkpoint_loading() -> None:
     """
     from mmengine.runner.checkpoint import CheckpointLoader
     allow_mmengine_checkpoint_globals()
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_restricted, force=True)
-    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=_load_restricted,
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_restricted, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_from_restricted,
                                      force=True)

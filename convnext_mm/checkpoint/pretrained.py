@@ -58,3 +58,26 @@ def load_converted(model: nn.Module, state_dict: dict, checkpoint: str,
         logger.info(f'not in the checkpoint (kept at their init): {result.missing_keys}')
     if result.unexpected_keys:
         logger.warning(f'in the checkpoint but not in the model: {result.unexpected_keys}')
+
+
+def check_fits_model(model: nn.Module, state_dict: dict, where: str) -> None:
+    """Raise ``CheckpointError`` unless ``state_dict`` (a whole model's, as mmengine saves
+    it) has exactly the model's tensors with the model's shapes.
+
+    mmengine loads such checkpoints with ``strict=False`` and only warns, so the
+    checkpoint of another config would run with randomly initialised layers.
+    ``where`` names the checkpoint and config in the message.
+    """
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
+                  for k, v in state_dict.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
+                  for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    problems = [f'{len(keys)} {what} (first: {keys[0]})' for what, keys in (
+        ('of another shape', mismatched), ('missing from the checkpoint', missing),
+        ('not in the model', unexpected)) if keys]
+    if problems:
+        raise CheckpointError(f'{where} does not fit the model: {"; ".join(problems)}. '
+                              f'Is it a checkpoint of this config?')
