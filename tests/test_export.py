@@ -1,0 +1,157 @@
+"""tools/export_onnx.py: backbone, UperNet segmentor and detector first stage with dynamic sizes,
+checked with onnxruntime against mmseg's and mmdet's own inference; graphs that half-precision
+engines can run (one LayerNormalization per LayerNorm, one ReduceL2 per GRN)."""
+import collections
+import os.path as osp
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, load_tool
+from conftest import run_tool as run
+from mmengine.config import Config
+
+from convnext_mm.deploy import ExportableAdaptiveAvgPool2d, with_exportable_pooling
+from convnext_mm.models import ConvNeXt
+
+onnx = pytest.importorskip('onnx')
+onnxruntime = pytest.importorskip('onnxruntime')
+
+UPERNET_T = osp.join(ROOT, 'configs', 'upernet_convnext_t_ade20k.py')
+DEMO_DET = osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_demo.py')
+# Layer scale 1 instead of 1e-6: freshly built blocks then change their input noticeably.
+NONTRIVIAL_BLOCKS = ['--cfg-options', 'model.backbone.layer_scale_init_value=1.0']
+
+
+def op_counts(path):
+    return collections.Counter(node.op_type for node in onnx.load(path).graph.node)
+
+
+def onnxruntime_outputs(path, image):
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    return session.run(None, {'image': image.numpy()})
+
+
+def reported_differences(log):
+    """The tool's 'HxW: diff' pairs."""
+    return {size: float(d) for size, d in re.findall(r'(\d+x\d+): (\d\.\d+e[-+]\d+)', log)}
+
+
+def test_exportable_pooling_equals_adaptive_avg_pool2d_at_every_size():
+    """UperNet's pyramid pooling (1, 2, 3, 6), also for sizes that do not divide the input."""
+    for height in range(1, 30):
+        for width in (1, 4, 7, 13, 32):
+            x = torch.randn(2, 3, height, width)
+            for size in (1, 2, 3, 6, (2, 5), (None, 3)):
+                torch.testing.assert_close(ExportableAdaptiveAvgPool2d(size)(x),
+                                           F.adaptive_avg_pool2d(x, size), rtol=0, atol=1e-6)
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(3), torch.nn.Conv2d(3, 3, 1))
+    swapped = with_exportable_pooling(head)
+    assert isinstance(swapped[0], ExportableAdaptiveAvgPool2d) and swapped[0].output_size == 3
+    assert isinstance(head[0], torch.nn.AdaptiveAvgPool2d)  # the model itself is unchanged
+
+
+def test_v2_backbone_graph_has_one_reducel2_per_grn(tmp_path):
+    """GRN's L2 norm over H and W as one ReduceL2 (fp16 engines accumulate it safely), not a
+    pow / sum / sqrt chain; checked against the eager backbone at two sizes."""
+    from conftest import randomize_
+
+    from convnext_mm.deploy import export_onnx, max_abs_differences
+    backbone = randomize_(ConvNeXt('atto', use_grn=True), scale=0.05).eval()
+    out = str(tmp_path / 'v2.onnx')
+    export_onnx(backbone, out, (64, 64), dynamic=True, output_names=['s0', 's1', 's2', 's3'])
+    counts = op_counts(out)
+    grns = sum(type(m).__name__ == 'GRN' for m in backbone.modules())
+    assert counts['ReduceL2'] == grns == 12
+    assert counts['LayerNormalization'] == sum(isinstance(m, torch.nn.LayerNorm)
+                                               for m in backbone.modules())
+    assert not {'Pow', 'Sqrt', 'ReduceSumSquare'} & set(counts)
+    differences = max_abs_differences(backbone, out, [(64, 64), (96, 160)])
+    assert max(differences.values()) <= 1e-4
+
+
+@pytest.fixture
+def upernet_tiny(tmp_path):
+    """UperNet-T built from its recipe (layer scale 1, so that fresh blocks do something) with
+    every LayerNorm's weight and bias drawn at random (identical norms could be merged by the
+    exporter's optimiser), saved as a checkpoint: (model, checkpoint path)."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(UPERNET_T)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.layer_scale_init_value = 1.0
+    segmentor = MODELS.build(cfg.model).eval()
+    with torch.no_grad():
+        for module in segmentor.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1, 0.1)
+                module.bias.normal_(0, 0.1)
+    checkpoint = str(tmp_path / 'upernet_t.pth')
+    torch.save({'state_dict': segmentor.state_dict()}, checkpoint)
+    return segmentor, checkpoint
+
+
+def test_upernet_tiny_and_its_backbone_export_with_dynamic_size(upernet_tiny, tmp_path):
+    """The backbone (one LayerNormalization op per LayerNorm, no pow/sqrt chain) and the whole
+    segmentor, whose logits equal mmseg's whole-image inference at sizes the export never saw."""
+    segmentor, checkpoint = upernet_tiny
+    out = str(tmp_path / 'backbone.onnx')
+    log = run(['tools/export_onnx.py', UPERNET_T, checkpoint, '--part', 'backbone', '--out', out,
+               '--shape', '64', '64', '--dynamic'] + NONTRIVIAL_BLOCKS)
+    assert list(reported_differences(log)) == ['64x64', '96x128']
+    assert max(reported_differences(log).values()) <= 1e-4
+    counts = op_counts(out)
+    # 18 blocks, the stem, 3 downsampling layers and 4 output norms
+    layer_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in segmentor.backbone.modules())
+    assert counts['LayerNormalization'] == layer_norms == 26
+    assert not {'Pow', 'Sqrt', 'ReduceSumSquare', 'ReduceL2'} & set(counts)
+    image = torch.randn(2, 3, 96, 64)  # batch 2 at a third size
+    with torch.no_grad():
+        want = segmentor.backbone(image)
+    for got, expected in zip(onnxruntime_outputs(out, image), want, strict=True):
+        np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-4)
+
+    out = str(tmp_path / 'upernet.onnx')
+    log = run(['tools/export_onnx.py', UPERNET_T, checkpoint, '--out', out, '--shape', '64',
+               '64', '--dynamic', '--check-shape', '96', '160'] + NONTRIVIAL_BLOCKS)
+    assert list(reported_differences(log)) == ['64x64', '96x160']
+    assert max(reported_differences(log).values()) <= 1e-4
+    assert 'outputs logits' in log and 'mean [123.675, 116.28, 103.53]' in log
+    image = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        want = segmentor.encode_decode(image, [dict(img_shape=(128, 96))])
+    got, = onnxruntime_outputs(out, image)
+    assert got.shape == (1, 150, 128, 96)
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
+
+
+def test_detector_first_stage_exports_with_dynamic_size(tmp_path):
+    """Backbone, FPN and RPN head of the demo Cascade Mask R-CNN as one graph (the RoI heads
+    stay out: docs/export.md)."""
+    out = str(tmp_path / 'first_stage.onnx')
+    log = run(['tools/export_onnx.py', DEMO_DET, '--out', out, '--shape', '128', '128',
+               '--dynamic'] + NONTRIVIAL_BLOCKS)
+    assert max(reported_differences(log).values()) <= 1e-4
+    names = [o.name for o in onnx.load(out).graph.output]
+    assert names == [f'{kind}{i}' for kind in ('feature', 'rpn_score', 'rpn_delta')
+                     for i in range(5)]
+    shapes = [o.shape for o in onnxruntime_outputs(out, torch.randn(1, 3, 96, 160))]
+    assert shapes[:5] == [(1, 64, 24 // 2**i, 40 // 2**i) for i in range(3)] + [
+        (1, 64, 3, 5), (1, 64, 2, 3)]
+    assert shapes[5][1] == 3 and shapes[10][1] == 12  # 3 anchors: a score and 4 deltas each
+
+
+def test_export_tool_refuses_bad_arguments(tmp_path, capsys):
+    export_tool = load_tool('export_onnx')
+    for args, message in (
+            (['--out', 'model.pt'], "--out must end in .onnx, got 'model.pt'"),
+            (['--out', 'm.onnx', '--shape', '16', '64'], '--shape must be at least 32 32'),
+            (['--out', 'm.onnx', '--check-shape', '64', '64'], '--check-shape needs --dynamic')):
+        with pytest.raises(SystemExit):
+            export_tool.main([UPERNET_T] + args)
+        assert message in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"Checkpoint not found: '.*missing.pth'"):
+        export_tool.main([UPERNET_T, str(tmp_path / 'missing.pth'), '--out', 'm.onnx'])
