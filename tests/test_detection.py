@@ -248,8 +248,8 @@ def check_infer_tool(config, checkpoint, toy_coco, tmp_path):
     # the V1 demo config with this V2 (GRN) checkpoint
     log = run(['tools/infer.py', DEMO, checkpoint, toy_coco + 'val'], returncode=1)
     assert re.search(r"CheckpointError: Checkpoint '.*epoch_1.pth' of '.*cascade_convnext_demo.py' "
-                     r'does not fit the model: .*24 not in the model \(first: backbone.stages.0.0.grn',
-                     log)
+                     r'does not fit the model: .*24 not in the model '
+                     r'\(first: backbone.stages.0.0.grn', log)
 
 
 def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):

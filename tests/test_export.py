@@ -21,6 +21,7 @@ onnxruntime = pytest.importorskip('onnxruntime')
 
 UPERNET_T = osp.join(ROOT, 'configs', 'upernet_convnext_t_ade20k.py')
 DEMO_DET = osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_demo.py')
+DEMO_SEG = osp.join(ROOT, 'configs', 'demo', 'upernet_convnext_demo.py')
 # Layer scale 1 instead of 1e-6: freshly built blocks then change their input noticeably.
 NONTRIVIAL_BLOCKS = ['--cfg-options', 'model.backbone.layer_scale_init_value=1.0']
 
@@ -155,3 +156,19 @@ def test_export_tool_refuses_bad_arguments(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"Checkpoint not found: '.*missing.pth'"):
         export_tool.main([UPERNET_T, str(tmp_path / 'missing.pth'), '--out', 'm.onnx'])
+
+
+def test_the_check_catches_the_exporters_baked_in_pooling_windows(tmp_path, monkeypatch, capsys):
+    """Without the pooling rewrite, torch's exporter bakes the pyramid pooling's windows of the
+    example size into the graph: right at that size, wrong at another. The tool's check fails
+    the export and keeps the file apart."""
+    import convnext_mm.deploy
+    monkeypatch.setattr(convnext_mm.deploy, 'with_exportable_pooling', lambda model: model)
+    out = tmp_path / 'upernet.onnx'
+    # at 160x192 the graph's baked-in gather indices leave the feature map
+    with pytest.raises(SystemExit, match=r'onnxruntime differs from PyTorch by more than --atol '
+                       r'0.0001 or fails \(128x128: \d.\d\de-0[5-9], 160x192: onnxruntime failed: '
+                       r'.*GatherND.*invalid index.*\); the file is kept as .*upernet.unverified'):
+        load_tool('export_onnx').main([DEMO_SEG, '--out', str(out), '--shape', '128', '128',
+                                       '--dynamic'])
+    assert not out.exists() and (tmp_path / 'upernet.unverified.onnx').stat().st_size > 0

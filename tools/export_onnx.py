@@ -124,11 +124,12 @@ def main(argv=None):
     if args.dynamic:
         shapes.append(tuple(args.check_shape or (args.shape[0] + 32, args.shape[1] + 64)))
     differences = max_abs_differences(module, partial, shapes)
-    report = ', '.join(f'{h}x{w}: {d:.2e}' for (h, w), d in differences.items())
-    if max(differences.values()) > args.atol:
+    report = ', '.join(f'{h}x{w}: {d:.2e}' if isinstance(d, float) else f'{h}x{w}: {d}'
+                       for (h, w), d in differences.items())
+    if any(isinstance(d, str) or d > args.atol for d in differences.values()):
         unverified = osp.splitext(args.out)[0] + '.unverified.onnx'
         os.replace(partial, unverified)
-        sys.exit(f'onnxruntime differs from PyTorch by more than --atol {args.atol:g} '
+        sys.exit(f'onnxruntime differs from PyTorch by more than --atol {args.atol:g} or fails '
                  f'({report}); the file is kept as {unverified} for inspection')
     os.replace(partial, args.out)
     preprocessor = cfg.model.get('data_preprocessor', {})

@@ -9,7 +9,7 @@ an exact formulation that follows the input's size in the graph.
 """
 import copy
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -109,11 +109,12 @@ def export_onnx(model: nn.Module, out: str, shape: Sequence[int], dynamic: bool,
                           dynamic_shapes=dynamic_shapes, verbose=False)
 
 
-def max_abs_differences(model: nn.Module, path: str,
-                        shapes: Sequence[Sequence[int]]) -> Dict[Tuple[int, int], float]:
+def max_abs_differences(model: nn.Module, path: str, shapes: Sequence[Sequence[int]]
+                        ) -> Dict[Tuple[int, int], Union[float, str]]:
     """For each (H, W) of ``shapes``: the largest absolute difference between what
     onnxruntime (CPU) computes from ``path`` and what ``model`` computes, over all outputs,
-    on the same random image."""
+    on the same random image (``inf`` for an output of another shape), or onnxruntime's error
+    message where it fails to run the graph at that size."""
     import onnxruntime
     session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
     differences = {}
@@ -122,7 +123,11 @@ def max_abs_differences(model: nn.Module, path: str,
         with torch.no_grad():
             expected = model.eval()(image)
         expected = expected if isinstance(expected, (tuple, list)) else (expected, )
-        got = session.run(None, {'image': image.numpy()})
+        try:
+            got = session.run(None, {'image': image.numpy()})
+        except Exception as e:  # onnxruntime's errors share no public base class
+            differences[(height, width)] = f'onnxruntime failed: {str(e).splitlines()[0]}'
+            continue
         if len(got) != len(expected):
             raise RuntimeError(f'{path}: {len(got)} outputs, the model has {len(expected)}')
         differences[(height, width)] = max(
