@@ -27,7 +27,11 @@ NONTRIVIAL_BLOCKS = ['--cfg-options', 'model.backbone.layer_scale_init_value=1.0
 
 
 def op_counts(path):
-    return collections.Counter(node.op_type for node in onnx.load(path).graph.node)
+    """How often each op occurs in the graph, which must hold standard ONNX ops only (no
+    custom op of this project or of torch, no local functions)."""
+    model = onnx.load(path)
+    assert {node.domain for node in model.graph.node} == {''} and not model.functions
+    return collections.Counter(node.op_type for node in model.graph.node)
 
 
 def onnxruntime_outputs(path, image):
