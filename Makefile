@@ -35,7 +35,7 @@ demo-det: $(ENV_STAMP)
 	$(PYTHON) tools/train.py $(DEMO_DET) --work-dir $(DEMO_DET_DIR) $(NO_VAL)
 	$(PYTHON) tools/test.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_DET_DIR) --show-dir vis
-	$(PYTHON) tools/plot_curves.py $(DEMO_DET_DIR) --keys loss lr lr_stem \
+	$(PYTHON) tools/plot_curves.py $(DEMO_DET_DIR) --keys loss lr stem_lr \
 		--out $(DEMO_DET_DIR)/curves.png
 	$(PYTHON) tools/infer.py $(DEMO_DET) $$(cat $(DEMO_DET_DIR)/last_checkpoint) \
 		'data/toy_coco/val/00000[0-3].png' --out-dir $(DEMO_DET_DIR)/infer
@@ -46,7 +46,7 @@ demo-seg: $(ENV_STAMP)
 	$(PYTHON) tools/train.py $(DEMO_SEG) --work-dir $(DEMO_SEG_DIR) $(NO_VAL)
 	$(PYTHON) tools/test.py $(DEMO_SEG) $$(cat $(DEMO_SEG_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_SEG_DIR) --show-dir vis
-	$(PYTHON) tools/plot_curves.py $(DEMO_SEG_DIR) --keys loss lr lr_stem \
+	$(PYTHON) tools/plot_curves.py $(DEMO_SEG_DIR) --keys loss lr stem_lr \
 		--out $(DEMO_SEG_DIR)/curves.png
 	$(PYTHON) tools/infer.py $(DEMO_SEG) $$(cat $(DEMO_SEG_DIR)/last_checkpoint) \
 		'data/toy_ade20k/images/validation/ADE_val_0000000[1-4].jpg' --out-dir $(DEMO_SEG_DIR)/infer

@@ -124,14 +124,14 @@ def run_dist_train(config: str, work_dir: str, options: list, port: int) -> str:
 def assert_logged_lr(work_dir: str, stem_scale: float) -> None:
     """A layer-decay run's scalars.json logs as `lr` the lr of the scale-1.0 groups, which is
     mmengine's scheduled lr (`base_lr`, from the configured lr through the warm-up), and as
-    `lr_stem` that times the stem's scale in the decay table."""
+    `stem_lr` that times the stem's scale in the decay table."""
     path, = glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json'))
     with open(path) as f:
         rows = [row for row in map(json.loads, f) if 'lr' in row]
     assert rows and rows[1]['base_lr'] > rows[0]['base_lr']  # the warm-up is followed
     for row in rows:
         assert row['lr'] == pytest.approx(row['base_lr'], rel=1e-6), row
-        assert row['lr_stem'] == pytest.approx(row['base_lr'] * stem_scale, rel=1e-6), row
+        assert row['stem_lr'] == pytest.approx(row['base_lr'] * stem_scale, rel=1e-6), row
 
 
 def assert_v2_backbone_is_timms(backbone, arch: str) -> None:

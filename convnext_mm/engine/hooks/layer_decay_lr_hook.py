@@ -7,14 +7,16 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class LayerDecayLrLogHook(Hook):
-    """Log the heads' current lr as ``lr`` and the stem's as ``lr_stem``.
+    """Log the heads' current lr as ``lr`` and the stem's as ``stem_lr``.
 
     mmengine logs the lr of the first parameter group, which under
     ``ConvNeXtLayerDecayOptimizerConstructor`` is the stem's (e.g. 0.082x the
     configured lr for the Cascade T recipe), so the log looked like a wrong lr
     (ConvNeXt issue #7). With this hook ``lr`` is the lr of the groups at the
     largest scale (1.0: neck and heads), following warm-up and schedule, and
-    ``lr_stem`` the smallest. Optimizers built by another constructor (no
+    ``stem_lr`` the smallest (named so that mmengine's log, which prints keys
+    ending in ``lr`` in scientific notation, shows it as 4.1e-05 instead of 0.0000).
+    Optimizers built by another constructor (no
     ``lr_scale`` in their groups) are left as mmengine logs them.
     """
 
@@ -27,4 +29,4 @@ class LayerDecayLrLogHook(Hook):
             return
         scale = itemgetter('lr_scale')
         runner.message_hub.update_scalar('train/lr', max(groups, key=scale)['lr'])
-        runner.message_hub.update_scalar('train/lr_stem', min(groups, key=scale)['lr'])
+        runner.message_hub.update_scalar('train/stem_lr', min(groups, key=scale)['lr'])
