@@ -198,7 +198,8 @@ def test_train_test_and_infer_on_toy_data(toy_coco, tmp_path):
     weights = load_checkpoint_file(osp.join(work, 'epoch_1.pth'))['state_dict']
     assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
     assert_logged_lr(work, 0.7**7)  # layer_wise 0.7 over 6 layers: the stem's scale
-    assert re.search(r'Epoch\(train\) \[1\]\[4/4\] .* lr: \d\.\d{4}e-0\d .*stem_lr: \d\.\d{4}e-0\d', log)
+    assert re.search(r'Epoch\(train\) \[1\]\[4/4\] .* lr: \d\.\d{4}e-0\d .*'
+                     r'stem_lr: \d\.\d{4}e-0\d', log)  # mmengine's format for *lr keys
     load_tool('plot_curves').main([work, '--keys', 'loss', 'lr', 'stem_lr', 's2.loss_mask',
                                    '--out', str(tmp_path / 'curves.png')])
     assert (tmp_path / 'curves.png').stat().st_size > 10000
