@@ -118,6 +118,69 @@ def test_no_weight_decay_for_norms_biases_gamma_and_grn():
     assert per_param(build(model, decay_rate=0.9), model)['backbone.stages.0.0.gamma'][1] == 0.
 
 
+class TinyMask2Former(TinyDetector):
+    """A backbone and the parameters Mask2Former's recipes single out: query and level
+    embeddings, a head norm and a head layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.query_embed = nn.Embedding(10, 8)
+        self.level_embed = nn.Embedding(3, 8)
+        self.head = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8))
+
+
+def test_custom_keys_and_decay_mults_compose_with_the_layer_decay():
+    """mmdet's Mask2Former paramwise_cfg (backbone lr x0.1, no weight decay on embeddings and
+    norms) with layer decay on: lr = base lr x layer-decay scale (mmdet's own constructor) x
+    lr_mult; weight decay = base x the norm / bias / official rule x decay_mult."""
+    upstream_cls = pytest.importorskip('mmdet.engine.optimizers').\
+        LearningRateDecayOptimizerConstructor
+    model = TinyMask2Former()
+    embedding = dict(lr_mult=1.0, decay_mult=0.0)
+    custom_keys = {'backbone': dict(lr_mult=0.1, decay_mult=1.0), 'query_embed': embedding,
+                   'level_embed': embedding}
+    table = per_param(build(model, decay_rate=0.7, custom_keys=custom_keys, norm_decay_mult=0.0,
+                            bias_decay_mult=0.5), model)
+    layer_decay = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6)
+    upstream = per_param(upstream_cls(dict(type='OptimWrapper', optimizer=OPTIMIZER),
+                                      layer_decay)(model), model)
+    assert table.keys() == upstream.keys() == dict(model.named_parameters()).keys()
+    for name, (lr, _) in table.items():
+        lr_mult = 0.1 if name.startswith('backbone.') else 1.0
+        assert lr == pytest.approx(upstream[name][0] * lr_mult, rel=1e-12), name
+    lr, wd = 2e-4, 0.05
+    by_hand = {  # name: (lr, weight decay)
+        'backbone.downsample_layers.0.0.weight': (lr * 0.7**7 * 0.1, wd),  # stem conv
+        'backbone.downsample_layers.0.0.bias': (lr * 0.7**7 * 0.1, wd * 0.5),
+        'backbone.downsample_layers.0.1.weight': (lr * 0.7**7 * 0.1, 0.),  # stem LayerNorm
+        'backbone.stages.2.3.pwconv1.weight': (lr * 0.7**3 * 0.1, wd),  # layer 3 + 3 // 3
+        'backbone.stages.2.3.pwconv1.bias': (lr * 0.7**3 * 0.1, wd * 0.5),
+        'backbone.stages.2.3.gamma': (lr * 0.7**3 * 0.1, 0.),  # 1-D: no decay
+        'backbone.norm3.weight': (lr * 0.1, 0.),
+        'query_embed.weight': (lr, 0.), 'level_embed.weight': (lr, 0.),
+        'head.0.weight': (lr, 0.), 'head.0.bias': (lr, 0.),  # norm_decay_mult 0
+        'head.1.weight': (lr, wd), 'head.1.bias': (lr, wd * 0.5), 'neck.weight': (lr, wd),
+    }
+    for name, (want_lr, want_wd) in by_hand.items():
+        assert table[name] == (pytest.approx(want_lr, rel=1e-12), pytest.approx(want_wd)), name
+
+
+def test_the_logged_lr_is_the_plain_heads_and_the_stems():
+    from unittest.mock import MagicMock
+
+    from convnext_mm import LayerDecayLrLogHook
+    model = TinyMask2Former()
+    wrapper = build(model, decay_rate=0.7, custom_keys={'backbone': dict(lr_mult=0.1),
+                                                        'head': dict(lr_mult=10.)})
+    runner = MagicMock(optim_wrapper=wrapper)
+    LayerDecayLrLogHook().before_train_iter(runner, 0)
+    calls = runner.message_hub.update_scalar.call_args_list
+    logged = {call.args[0]: call.args[1] for call in calls}
+    # the heads' lr x10 is left out of `lr`; the stem's lr is its own (x0.1)
+    assert logged == {'train/lr': pytest.approx(2e-4),
+                      'train/stem_lr': pytest.approx(2e-4 * 0.7**7 * 0.1)}
+
+
 def test_frozen_parameters_are_left_out():
     model = TinyDetector(frozen_stages=1)
     table = per_param(build(model, decay_rate=0.9), model)
@@ -197,6 +260,9 @@ def test_compiled_optimizer_step_from_a_runner_config():
     (dict(decay_rate=0), ValueError, r'decay_rate .* got 0'),
     (dict(), ValueError, 'decay_rate .* got None'),
     (dict(decay_rate=0.7, num_layer=6), ValueError, r"Unknown paramwise_cfg keys \['num_layer'\]"),
+    (dict(decay_rate=0.7, custom_keys={'head': dict(lr_multi=2.)}), ValueError,
+     r"custom_keys\['head'\] may set \('lr_mult', 'decay_mult'\), got \['lr_multi'\]"),
+    (dict(decay_rate=0.7, norm_decay_mult=-1), ValueError, 'norm_decay_mult must be a number >= 0'),
 ])
 def test_misconfiguration_errors(paramwise_cfg, error, match):
     with pytest.raises(error, match=match):

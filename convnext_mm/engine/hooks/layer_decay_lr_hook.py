@@ -16,6 +16,8 @@ class LayerDecayLrLogHook(Hook):
     largest scale (1.0: neck and heads), following warm-up and schedule, and
     ``stem_lr`` the smallest (named so that mmengine's log, which prints keys
     ending in ``lr`` in scientific notation, shows it as 4.1e-05 instead of 0.0000).
+    ``lr`` leaves out groups given an ``lr_mult`` by ``custom_keys``; ``stem_lr``
+    includes the stem's ``lr_mult``.
     Optimizers built by another constructor (no
     ``lr_scale`` in their groups) are left as mmengine logs them.
     """
@@ -27,6 +29,7 @@ class LayerDecayLrLogHook(Hook):
         groups = getattr(optimizer, 'param_groups', [])
         if not groups or any('lr_scale' not in group for group in groups):
             return
+        plain = [group for group in groups if group.get('lr_mult', 1.) == 1.] or groups
         scale = itemgetter('lr_scale')
-        runner.message_hub.update_scalar('train/lr', max(groups, key=scale)['lr'])
+        runner.message_hub.update_scalar('train/lr', max(plain, key=scale)['lr'])
         runner.message_hub.update_scalar('train/stem_lr', min(groups, key=scale)['lr'])
