@@ -82,6 +82,38 @@ def test_recipe_values(name):
         assert cfg.model.type == 'MaskRCNN'
 
 
+def test_box_only_cascade_is_the_t_recipe_without_masks(det_scope):
+    """For box-annotated data (ConvNeXt issue #56): no mask branch, no masks loaded or
+    evaluated; everything else is cascade_convnext_t_coco.py. Trains one step on boxes only."""
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    boxes, full = load('cascade_rcnn_convnext_t_coco'), load('cascade_convnext_t_coco')
+    roi_head = boxes.model.roi_head
+    assert roi_head.mask_head is None and roi_head.mask_roi_extractor is None
+    for pipeline in (boxes.train_dataloader.dataset.pipeline,
+                     boxes.test_dataloader.dataset.pipeline):
+        loads = [step for step in pipeline if step.type == 'LoadAnnotations']
+        assert [step.with_mask for step in loads] == [False]
+    assert boxes.val_evaluator.metric == boxes.test_evaluator.metric == 'bbox'
+    for key in ('optim_wrapper', 'param_scheduler', 'train_cfg', 'auto_scale_lr'):
+        assert boxes[key] == full[key], key
+    assert boxes.model.backbone == full.model.backbone and boxes.model.neck == full.model.neck
+    assert boxes.model.roi_head.bbox_head == full.model.roi_head.bbox_head
+    assert boxes.train_pipeline[2:] == full.train_pipeline[2:]
+
+    boxes.model.backbone.update(arch='atto', init_cfg=None)
+    boxes.model.neck.in_channels = [40, 80, 160, 320]
+    boxes.model.train_cfg.rpn_proposal.max_per_img = 64
+    model = MODELS.build(boxes.model)
+    data = model.data_preprocessor(demo_mm_inputs(2, [(3, 64, 64)] * 2, num_items=[2, 1],
+                                                  num_classes=80, with_mask=False), True)
+    losses = model(**data, mode='loss')
+    assert not any('mask' in key for key in losses)
+    loss, _ = model.parse_losses(losses)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
 def test_v2_mask_rcnn_recipe_has_mmdetections_values():
     """mmdetection's projects/ConvNeXt-V2 Mask R-CNN V2-B (FCMAE, LSJ 1024, 3x; 52.9 / 46.4 AP)."""
     cfg = load('mask_rcnn_convnext_v2_b_fcmae_lsj_coco')
