@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
-from conftest import ROOT, load_tool
+from conftest import load_tool
 from mmengine.config import Config
 
 from convnext_mm.backbone_swap import HEAD_KEYS, convnext_overrides, use_convnext

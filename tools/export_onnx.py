@@ -23,9 +23,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from convnext_mm.checkpoint import check_checkpoint_file  # noqa: E402
+from convnext_mm.utils import load_model_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -64,11 +65,7 @@ def build_model(cfg, checkpoint):
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
     from convnext_mm.checkpoint import check_fits_model, load_checkpoint_file
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(f"{cfg.filename}: default_scope must be 'mmdet' or 'mmseg', got "
-                         f'{scope!r}')
-    init_default_scope(scope)
+    init_default_scope(cfg.default_scope)
     from mmengine.registry import MODELS
     cfg.model.backbone.pop('init_cfg', None)  # weights come from the checkpoint, or none
     model: nn.Module = MODELS.build(cfg.model)
@@ -105,13 +102,9 @@ def check_export_packages():
 def main(argv=None):
     args = parse_args(argv)
     check_export_packages()
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'Config file not found: {args.config!r}')
+    cfg = load_model_config(args.config, args.cfg_options)
     if args.checkpoint is not None:
         check_checkpoint_file(args.checkpoint)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
 
     from convnext_mm.deploy import export_onnx, max_abs_differences, with_exportable_pooling
     model = build_model(cfg, args.checkpoint)

@@ -27,9 +27,10 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from convnext_mm.checkpoint import check_checkpoint_file, check_fits_model  # noqa: E402
+from convnext_mm.utils import load_model_config  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -104,14 +105,10 @@ def strict_weights(inferencer_class):
 
 
 def build_inferencer(cfg, checkpoint, device):
-    scope = cfg.get('default_scope')
-    if scope == 'mmdet':
+    if cfg.default_scope == 'mmdet':
         from mmdet.apis import DetInferencer as inferencer_class
-    elif scope == 'mmseg':
-        from mmseg.apis import MMSegInferencer as inferencer_class
     else:
-        raise ValueError(f"{cfg.filename}: default_scope must be 'mmdet' or 'mmseg', got "
-                         f'{scope!r}')
+        from mmseg.apis import MMSegInferencer as inferencer_class
     inferencer_class = strict_weights(inferencer_class)
     inferencer_class.checkpoint_path = checkpoint
     inferencer = inferencer_class(model=cfg, weights=checkpoint, device=device)
@@ -153,14 +150,10 @@ def infer_segmentation(inferencer, image, out_dir, picture):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        raise FileNotFoundError(f'Config file not found: {args.config!r}')
+    cfg = load_model_config(args.config, args.cfg_options)
     check_checkpoint_file(args.checkpoint)
     device = choose_device(args.device)
     images, problems = expand_inputs(args.inputs)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     inferencer = build_inferencer(cfg, args.checkpoint, device)
 
     import mmcv

@@ -40,6 +40,21 @@ def load_tool_config(args) -> Config:
     return cfg
 
 
+def load_model_config(path: str, cfg_options=None) -> Config:
+    """The config of a trained model for the tools that run it outside a runner
+    (``tools/infer.py``, ``tools/export_onnx.py``): the file checked, ``--cfg-options``
+    merged, ``default_scope`` 'mmdet' or 'mmseg'."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Config file not found: {path!r}')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in ('mmdet', 'mmseg'):
+        raise ValueError(f"{path}: default_scope must be 'mmdet' or 'mmseg', got {scope!r}")
+    return cfg
+
+
 def use_safe_training_hooks(cfg: Config) -> None:
     """Give any config the kill-safe checkpoint hook and the non-finite loss check.
 
