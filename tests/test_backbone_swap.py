@@ -17,7 +17,11 @@ mmseg = pytest.importorskip('mmseg')
 # Fewer proposals and RoIs, fewer queries and transformer layers, fewer points: the same model
 # types at a cost the CPU test suite can afford.
 SMALL_TWO_STAGE = {'model.train_cfg.rpn_proposal.nms_pre': 200,
-                   'model.train_cfg.rpn_proposal.max_per_img': 64}
+                   'model.train_cfg.rpn_proposal.max_per_img': 64,
+                   'model.train_cfg.rcnn.sampler.num': 64}
+SMALL_CASCADE = dict(SMALL_TWO_STAGE, **{f'model.train_cfg.rcnn.{stage}.sampler.num': 64
+                                         for stage in range(3)})
+del SMALL_CASCADE['model.train_cfg.rcnn.sampler.num']
 SMALL_MASK2FORMER = {'num_queries': 10, 'pixel_decoder.encoder.num_layers': 1,
                      'transformer_decoder.num_layers': 1, 'train_cfg.num_points': 256}
 # the LSJ recipe pads every batch to 1024x1024
@@ -29,8 +33,8 @@ MASK2FORMER_DET = {f'model.panoptic_head.{k}': v for k, v in SMALL_MASK2FORMER.i
 DET_MATRIX = {
     'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py': ('box', ALL_STAGES, SMALL_TWO_STAGE),
     'mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py': ('instance', ALL_STAGES, SMALL_TWO_STAGE),
-    'cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py': ('box', ALL_STAGES, SMALL_TWO_STAGE),
-    'htc/htc_r50_fpn_1x_coco.py': ('instance', ALL_STAGES, SMALL_TWO_STAGE),
+    'cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py': ('box', ALL_STAGES, SMALL_CASCADE),
+    'htc/htc_r50_fpn_1x_coco.py': ('instance', ALL_STAGES, SMALL_CASCADE),
     'retinanet/retinanet_r50_fpn_1x_coco.py': ('box', ALL_STAGES, {}),
     'fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py': ('box', ALL_STAGES, {}),
     'atss/atss_r50_fpn_1x_coco.py': ('box', ALL_STAGES, {}),

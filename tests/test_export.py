@@ -77,8 +77,8 @@ def test_v2_backbone_graph_has_one_reducel2_per_grn(tmp_path):
     assert max(differences.values()) <= 1e-4
 
 
-@pytest.fixture
-def upernet_tiny(tmp_path):
+@pytest.fixture(scope='module')
+def upernet_tiny(tmp_path_factory):
     """UperNet-T built from its recipe (layer scale 1, so that fresh blocks do something) with
     every LayerNorm's weight and bias drawn at random (identical norms could be merged by the
     exporter's optimiser), saved as a checkpoint: (model, checkpoint path)."""
@@ -94,14 +94,14 @@ def upernet_tiny(tmp_path):
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.normal_(1, 0.1)
                 module.bias.normal_(0, 0.1)
-    checkpoint = str(tmp_path / 'upernet_t.pth')
+    checkpoint = str(tmp_path_factory.mktemp('upernet') / 'upernet_t.pth')
     torch.save({'state_dict': segmentor.state_dict()}, checkpoint)
     return segmentor, checkpoint
 
 
-def test_upernet_tiny_and_its_backbone_export_with_dynamic_size(upernet_tiny, tmp_path):
-    """The backbone (one LayerNormalization op per LayerNorm, no pow/sqrt chain) and the whole
-    segmentor, whose logits equal mmseg's whole-image inference at sizes the export never saw."""
+def test_tiny_backbone_exports_with_dynamic_size(upernet_tiny, tmp_path):
+    """UperNet-T's backbone: one LayerNormalization op per LayerNorm (no pow/sqrt chain), equal
+    to PyTorch at sizes and a batch size the export never saw."""
     segmentor, checkpoint = upernet_tiny
     out = str(tmp_path / 'backbone.onnx')
     log = run(['tools/export_onnx.py', UPERNET_T, checkpoint, '--part', 'backbone', '--out', out,
@@ -119,6 +119,9 @@ def test_upernet_tiny_and_its_backbone_export_with_dynamic_size(upernet_tiny, tm
     for got, expected in zip(onnxruntime_outputs(out, image), want, strict=True):
         np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-4)
 
+
+def test_upernet_tiny_exports_logits_equal_to_mmsegs_at_unseen_sizes(upernet_tiny, tmp_path):
+    segmentor, checkpoint = upernet_tiny
     out = str(tmp_path / 'upernet.onnx')
     log = run(['tools/export_onnx.py', UPERNET_T, checkpoint, '--out', out, '--shape', '64',
                '64', '--dynamic', '--check-shape', '96', '160'] + NONTRIVIAL_BLOCKS)
