@@ -90,15 +90,15 @@ def expand_inputs(inputs):
     return images, problems
 
 
-def strict_weights(inferencer_class):
+def strict_weights(inferencer_class, checkpoint_path):
     """``inferencer_class`` refusing a checkpoint that does not fit the config's model
-    (mmengine loads it non-strictly and only warns)."""
+    (mmengine loads it non-strictly and only warns); ``checkpoint_path`` names it."""
 
     class StrictWeights(inferencer_class):
         def _load_weights_to_model(self, model, checkpoint, cfg):
             if checkpoint is not None:
                 check_fits_model(model, checkpoint.get('state_dict', checkpoint),
-                                 f'Checkpoint {self.checkpoint_path!r} of {cfg.filename!r}')
+                                 f'Checkpoint {checkpoint_path!r} of {cfg.filename!r}')
             super()._load_weights_to_model(model, checkpoint, cfg)
 
     return StrictWeights
@@ -109,8 +109,7 @@ def build_inferencer(cfg, checkpoint, device):
         from mmdet.apis import DetInferencer as inferencer_class
     else:
         from mmseg.apis import MMSegInferencer as inferencer_class
-    inferencer_class = strict_weights(inferencer_class)
-    inferencer_class.checkpoint_path = checkpoint
+    inferencer_class = strict_weights(inferencer_class, checkpoint)
     inferencer = inferencer_class(model=cfg, weights=checkpoint, device=device)
     inferencer.show_progress = False  # one bar over all inputs instead
     return inferencer
