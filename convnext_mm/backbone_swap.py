@@ -129,7 +129,8 @@ def convnext_overrides(cfg: Config, arch: Union[str, dict] = 'tiny',
         model_changes['pretrained'] = None
     overrides = dict(model=model_changes)
 
-    imports = list((cfg.get('custom_imports') or {}).get('imports', []))
+    imports = (cfg.get('custom_imports') or {}).get('imports', [])
+    imports = [imports] if isinstance(imports, str) else list(imports)
     if 'convnext_mm' not in imports:
         overrides['custom_imports'] = dict(imports=imports + ['convnext_mm'],
                                            allow_failed_imports=False)

@@ -22,6 +22,7 @@ pytest.importorskip('mmseg')
 
 CONFIGS = osp.join(ROOT, 'configs')
 DEMO = osp.join(CONFIGS, 'demo', 'upernet_convnext_demo.py')
+M2F_DEMO = osp.join(CONFIGS, 'demo', 'mask2former_convnext_demo.py')
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
 
 # config: arch, stage-0 channels, pretrained file, crop, lr, num_layers, drop path, AMP
@@ -83,6 +84,62 @@ def test_recipe_values(name):
     assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == \
         ('PolyLR', 1.0, 0.0, 1500, 160000)
     assert cfg.tta_model.type == 'SegTTAModel'
+
+
+def mmseg_config(name):
+    import mmseg
+    return Config.fromfile(osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', name))
+
+
+def without_scope(node):
+    """A config dict without the `_scope_` marks mmengine adds to what a `mmseg::` base defines."""
+    if isinstance(node, dict):
+        return {k: without_scope(v) for k, v in node.items() if k != '_scope_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(without_scope(v) for v in node)
+    return node
+
+
+def test_mask2former_recipe_is_mmsegs_with_convnext_t(seg_scope):
+    """mmseg's Mask2Former ADE20K recipe with ConvNeXt-T swapped in (use_convnext: channels,
+    drop path 0.3 as its Swin-T recipe) and stage-wise decay 0.9 / 6 on top of its own
+    paramwise_cfg; the head is as large as in mmseg's Swin-T recipe (same channels)."""
+    from mmseg.registry import MODELS
+
+    from convnext_mm import use_convnext
+    cfg = load('mask2former_convnext_t_ade20k')
+    r50 = mmseg_config('mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py')
+    expected = use_convnext(r50, 'tiny', checkpoint=URL + 'convnext_tiny_1k_224.pth',
+                            drop_path_rate=0.3, layer_decay=dict(
+                                decay_rate=0.9, decay_type='stage_wise', num_layers=6))
+    assert without_scope(cfg.model.to_dict()) == without_scope(expected.model.to_dict())
+    assert without_scope(cfg.optim_wrapper.to_dict()) == \
+        without_scope(expected.optim_wrapper.to_dict())
+    assert cfg.custom_imports.imports == expected.custom_imports.imports == \
+        ['mmdet.models', 'convnext_mm']
+    wrapper = cfg.optim_wrapper
+    assert wrapper.paramwise_cfg.custom_keys['backbone'] == dict(lr_mult=0.1, decay_mult=1.0)
+    assert wrapper.paramwise_cfg.norm_decay_mult == 0.0 and wrapper.clip_grad.max_norm == 0.01
+    assert (cfg.train_cfg.max_iters, cfg.train_dataloader.batch_size) == (160000, 2)
+    assert {'type': 'LayerDecayLrLogHook'} in cfg.custom_hooks
+    swin = mmseg_config('mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py')
+    with torch.device('meta'):
+        ours, theirs = MODELS.build(cfg.model.decode_head), MODELS.build(swin.model.decode_head)
+        backbone = MODELS.build(cfg.model.backbone)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(theirs) and round(count(backbone) / 1e6, 1) == 27.8
+
+
+def test_mask2former_trains_and_tests_on_toy_data(toy_ade20k, tmp_path):
+    work = str(tmp_path / 'work')
+    short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, **NO_VALIDATION,
+                                        'default_hooks.checkpoint.interval': 4})
+    log = run(['tools/train.py', M2F_DEMO, '--work-dir', work] + short)
+    assert 'Iter(train) [4/4]' in log and re.search(r'decode.d2.loss_dice: \d', log)
+    assert_logged_lr(work, 0.9**7 * 0.1)  # stage_wise 0.9 / 6, and the backbone's lr_mult
+    log = run(['tools/test.py', M2F_DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work] +
+              short)
+    assert re.search(r'mIoU: \d', log) and re.search(r'\|\s+signboard\s+\|', log)
 
 
 @pytest.fixture(scope='module')
