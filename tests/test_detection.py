@@ -14,6 +14,7 @@ from conftest import run_tool as run
 from mmengine.config import Config
 
 from convnext_mm.checkpoint import load_checkpoint_file
+from convnext_mm.models import ConvNeXt
 
 pytest.importorskip('mmdet')
 
@@ -112,6 +113,45 @@ def test_box_only_cascade_is_the_t_recipe_without_masks(det_scope):
     loss, _ = model.parse_losses(losses)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_mask2former_panoptic_recipe_is_mmdets_with_convnext_t(det_scope):
+    """mmdet's Mask2Former COCO panoptic recipe with ConvNeXt-T swapped in (use_convnext,
+    drop path 0.3 as its Swin-T recipe) and layer-wise decay 0.7 / 6 on top of its own
+    paramwise_cfg; the head is as large as in mmdet's Swin-T recipe (same channels)."""
+    import mmdet
+    from mmdet.registry import MODELS
+
+    from convnext_mm import use_convnext
+
+    def mmdet_config(name):
+        return Config.fromfile(osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
+                                        'mask2former', name))
+
+    def without_scope(node):
+        if isinstance(node, dict):
+            return {k: without_scope(v) for k, v in node.items() if k != '_scope_'}
+        return type(node)(map(without_scope, node)) if isinstance(node, (list, tuple)) else node
+
+    cfg = load('mask2former_convnext_t_coco_panoptic')
+    expected = use_convnext(
+        mmdet_config('mask2former_r50_8xb2-lsj-50e_coco-panoptic.py'), 'tiny',
+        checkpoint=URL + 'convnext_tiny_1k_224.pth', drop_path_rate=0.3,
+        layer_decay=dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6))
+    for key in ('model', 'optim_wrapper', 'custom_imports'):
+        assert without_scope(cfg[key].to_dict()) == without_scope(expected[key].to_dict()), key
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['query_embed'] == dict(
+        lr_mult=1.0, decay_mult=0.0)
+    assert {'type': 'LayerDecayLrLogHook'} in cfg.custom_hooks
+    assert cfg.model.type == 'Mask2Former' and cfg.train_cfg.max_iters == 368750
+    swin = mmdet_config('mask2former_swin-t-p4-w7-224_8xb2-lsj-50e_coco-panoptic.py')
+    with torch.device('meta'):
+        ours = MODELS.build(cfg.model)
+    swin.model.backbone.init_cfg = None
+    theirs = MODELS.build(swin.model)  # Swin computes values while built: not on 'meta'
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours.panoptic_head) == count(theirs.panoptic_head)
+    assert count(ours.backbone) == count(ConvNeXt('tiny', out_indices=(0, 1, 2, 3)))
 
 
 def test_v2_mask_rcnn_recipe_has_mmdetections_values():
