@@ -320,10 +320,12 @@ def check_infer_tool(config, checkpoint, toy_coco, tmp_path):
         assert (masks.transpose(2, 0, 1) == want.masks.numpy()).mean() > 0.999
 
     # the V1 demo config with this V2 (GRN) checkpoint
-    log = run(['tools/infer.py', DEMO, checkpoint, toy_coco + 'val'], returncode=1)
-    assert re.search(r"CheckpointError: Checkpoint '.*epoch_1.pth' of '.*cascade_convnext_demo.py' "
-                     r'does not fit the model: .*24 not in the model '
-                     r'\(first: backbone.stages.0.0.grn', log)
+    from convnext_mm.checkpoint import CheckpointError
+    from convnext_mm.utils import load_model_config
+    with pytest.raises(CheckpointError, match=r"Checkpoint '.*epoch_1.pth' of '.*cascade_convnext_"
+                       r"demo.py' does not fit the model: .*24 not in the model "
+                       r'\(first: backbone.stages.0.0.grn'):
+        load_tool('infer').build_inferencer(load_model_config(DEMO), checkpoint, 'cpu')
 
 
 def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
