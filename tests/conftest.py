@@ -154,3 +154,29 @@ def assert_v1_recipe_with_v2_block(v2, v1, arch: str) -> None:
     v2.model.backbone.init_cfg = v1.model.backbone.init_cfg
     assert v2.model == v1.model and v2.optim_wrapper == v1.optim_wrapper
     assert v2.train_dataloader == v1.train_dataloader and v2.param_scheduler == v1.param_scheduler
+
+
+def installed_config(package, relpath, options=None, import_custom_modules=True):
+    """A config shipped with an installed OpenMMLab package (its ``.mim/configs``), with
+    ``options`` (``--cfg-options`` style, list indices allowed) merged in."""
+    from mmengine.config import Config
+    module = pytest.importorskip(package)
+    path = os.path.join(os.path.dirname(module.__file__), '.mim', 'configs', relpath)
+    cfg = Config.fromfile(path, import_custom_modules=import_custom_modules)
+    if options:
+        cfg.merge_from_dict(options, allow_list_keys=True)
+    return cfg
+
+
+def without_scope(node):
+    """A config dict without the ``_scope_`` marks mmengine adds to what a ``pkg::`` base
+    defines."""
+    if isinstance(node, dict):
+        return {k: without_scope(v) for k, v in node.items() if k != '_scope_'}
+    if isinstance(node, (list, tuple)):
+        return type(node)(without_scope(v) for v in node)
+    return node
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,11 +1,10 @@
 """convnext_overrides / use_convnext and tools/swap_backbone.py: ConvNeXt in mmdet's and mmseg's
 own configs (their installed .mim/configs), each built, trained one step on the CPU and
 counted; what cannot be adapted is refused naming the key."""
-import os.path as osp
 
 import pytest
 import torch
-from conftest import load_tool
+from conftest import count_parameters, installed_config, load_tool
 from mmengine.config import Config
 
 from convnext_mm.backbone_swap import HEAD_KEYS, convnext_overrides, use_convnext
@@ -61,18 +60,6 @@ SEG_MATRIX = {
 }
 
 
-def installed_config(scope, name, options=None):
-    module = {'mmdet': mmdet, 'mmseg': mmseg}[scope]
-    cfg = Config.fromfile(osp.join(osp.dirname(module.__file__), '.mim', 'configs', name))
-    if options:
-        cfg.merge_from_dict(options, allow_list_keys=True)
-    return cfg
-
-
-def count(module):
-    return sum(p.numel() for p in module.parameters())
-
-
 def build_pair(scope, cfg, new):
     """(the original model, the ConvNeXt one) built in ``scope``."""
     from mmengine.registry import MODELS, init_default_scope
@@ -91,12 +78,13 @@ def assert_swap_explains_the_parameters(cfg, old, model, out_indices):
     """The backbone is ConvNeXt-atto with the old backbone's number of outputs; only it and
     the modules that read it (neck, or heads without a neck) change their parameter count."""
     assert type(model.backbone) is ConvNeXt and model.backbone.out_indices == out_indices
-    assert count(model.backbone) == count(ConvNeXt('atto', out_indices=out_indices))
+    assert count_parameters(model.backbone) == \
+        count_parameters(ConvNeXt('atto', out_indices=out_indices))
     readers = [k for k in ('neck', ) + HEAD_KEYS if k in convnext_overrides(cfg, 'atto')['model']]
     assert readers
     for name, module in model.named_children():
         if name not in ['backbone'] + readers:
-            assert count(module) == count(getattr(old, name)), name
+            assert count_parameters(module) == count_parameters(getattr(old, name)), name
 
 
 def train_step(model, data, optim_wrapper_cfg):

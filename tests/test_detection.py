@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, assert_v1_recipe_with_v2_block,
-                      assert_v2_backbone_is_timms, coco_options, load_tool, randomize_,
-                      run_dist_train)
+                      assert_v2_backbone_is_timms, coco_options, count_parameters,
+                      installed_config, load_tool, randomize_, run_dist_train, without_scope)
 from conftest import run_tool as run
 from mmengine.config import Config
 
@@ -119,19 +119,12 @@ def test_mask2former_panoptic_recipe_is_mmdets_with_convnext_t(det_scope):
     """mmdet's Mask2Former COCO panoptic recipe with ConvNeXt-T swapped in (use_convnext,
     drop path 0.3 as its Swin-T recipe) and layer-wise decay 0.7 / 6 on top of its own
     paramwise_cfg; the head is as large as in mmdet's Swin-T recipe (same channels)."""
-    import mmdet
     from mmdet.registry import MODELS
 
     from convnext_mm import use_convnext
 
     def mmdet_config(name):
-        return Config.fromfile(osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs',
-                                        'mask2former', name))
-
-    def without_scope(node):
-        if isinstance(node, dict):
-            return {k: without_scope(v) for k, v in node.items() if k != '_scope_'}
-        return type(node)(map(without_scope, node)) if isinstance(node, (list, tuple)) else node
+        return installed_config('mmdet', 'mask2former/' + name)
 
     cfg = load('mask2former_convnext_t_coco_panoptic')
     expected = use_convnext(
@@ -149,9 +142,9 @@ def test_mask2former_panoptic_recipe_is_mmdets_with_convnext_t(det_scope):
         ours = MODELS.build(cfg.model)
     swin.model.backbone.init_cfg = None
     theirs = MODELS.build(swin.model)  # Swin computes values while built: not on 'meta'
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(ours.panoptic_head) == count(theirs.panoptic_head)
-    assert count(ours.backbone) == count(ConvNeXt('tiny', out_indices=(0, 1, 2, 3)))
+    assert count_parameters(ours.panoptic_head) == count_parameters(theirs.panoptic_head)
+    assert count_parameters(ours.backbone) == count_parameters(ConvNeXt('tiny',
+                                                                          out_indices=(0, 1, 2, 3)))
 
 
 def test_v2_mask_rcnn_recipe_has_mmdetections_values():

@@ -1,9 +1,9 @@
 """Layer-wise lr decay: equal to mmdet's and mmseg's own constructors, stable under schedulers."""
-import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import installed_config
 from mmengine.config import Config
 from mmengine.model import BaseModel
 from mmengine.optim import build_optim_wrapper
@@ -14,17 +14,12 @@ from convnext_mm.engine.optimizers.layer_decay import ConvNeXtLayerDecayOptimize
 OPTIMIZER = dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05)
 
 
-def mim_config(package, relpath):
-    module = pytest.importorskip(package)
-    return Config.fromfile(osp.join(osp.dirname(module.__file__), '.mim', 'configs', relpath),
-                           import_custom_modules=False)
-
-
 def cascade_model(arch):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=True)
-    cfg = mim_config('mmdet', '_base_/models/cascade-mask-rcnn_r50_fpn.py').model
+    cfg = installed_config('mmdet', '_base_/models/cascade-mask-rcnn_r50_fpn.py',
+                           import_custom_modules=False).model
     cfg.backbone = dict(type='ConvNeXt', arch=arch, drop_path_rate=0.4)
     cfg.neck.in_channels = [96, 192, 384, 768]
     return MODELS.build(cfg)
@@ -34,7 +29,8 @@ def upernet_model(arch):
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=True)
-    cfg = mim_config('mmseg', '_base_/models/upernet_convnext.py').model
+    cfg = installed_config('mmseg', '_base_/models/upernet_convnext.py',
+                           import_custom_modules=False).model
     cfg.backbone = dict(type='ConvNeXt', arch=arch, drop_path_rate=0.4)
     return MODELS.build(cfg)
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, assert_v1_recipe_with_v2_block,
-                      assert_v2_backbone_is_timms, cfg_options, run_dist_train)
+                      assert_v2_backbone_is_timms, cfg_options, count_parameters,
+                      installed_config, run_dist_train, without_scope)
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -86,20 +87,6 @@ def test_recipe_values(name):
     assert cfg.tta_model.type == 'SegTTAModel'
 
 
-def mmseg_config(name):
-    import mmseg
-    return Config.fromfile(osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', name))
-
-
-def without_scope(node):
-    """A config dict without the `_scope_` marks mmengine adds to what a `mmseg::` base defines."""
-    if isinstance(node, dict):
-        return {k: without_scope(v) for k, v in node.items() if k != '_scope_'}
-    if isinstance(node, (list, tuple)):
-        return type(node)(without_scope(v) for v in node)
-    return node
-
-
 def test_mask2former_recipe_is_mmsegs_with_convnext_t(seg_scope):
     """mmseg's Mask2Former ADE20K recipe with ConvNeXt-T swapped in (use_convnext: channels,
     drop path 0.3 as its Swin-T recipe) and stage-wise decay 0.9 / 6 on top of its own
@@ -108,7 +95,7 @@ def test_mask2former_recipe_is_mmsegs_with_convnext_t(seg_scope):
 
     from convnext_mm import use_convnext
     cfg = load('mask2former_convnext_t_ade20k')
-    r50 = mmseg_config('mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py')
+    r50 = installed_config('mmseg', 'mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py')
     expected = use_convnext(r50, 'tiny', checkpoint=URL + 'convnext_tiny_1k_224.pth',
                             drop_path_rate=0.3, layer_decay=dict(
                                 decay_rate=0.9, decay_type='stage_wise', num_layers=6))
@@ -122,12 +109,12 @@ def test_mask2former_recipe_is_mmsegs_with_convnext_t(seg_scope):
     assert wrapper.paramwise_cfg.norm_decay_mult == 0.0 and wrapper.clip_grad.max_norm == 0.01
     assert (cfg.train_cfg.max_iters, cfg.train_dataloader.batch_size) == (160000, 2)
     assert {'type': 'LayerDecayLrLogHook'} in cfg.custom_hooks
-    swin = mmseg_config('mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py')
+    swin = installed_config('mmseg', 'mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py')
     with torch.device('meta'):
         ours, theirs = MODELS.build(cfg.model.decode_head), MODELS.build(swin.model.decode_head)
         backbone = MODELS.build(cfg.model.backbone)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(ours) == count(theirs) and round(count(backbone) / 1e6, 1) == 27.8
+    assert count_parameters(ours) == count_parameters(theirs)
+    assert round(count_parameters(backbone) / 1e6, 1) == 27.8
 
 
 def test_mask2former_trains_and_tests_on_toy_data(toy_ade20k, tmp_path):
