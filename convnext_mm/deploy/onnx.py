@@ -51,7 +51,7 @@ def with_exportable_pooling(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``nn.AdaptiveAvgPool2d`` (UperNet's pyramid pooling)
     replaced by ``ExportableAdaptiveAvgPool2d``; ``model`` itself is left as it is."""
     model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d):
                 setattr(module, child_name, ExportableAdaptiveAvgPool2d(child.output_size))
