@@ -12,19 +12,43 @@ def read_version():
         return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
 
 
+PURE_PYTHON_BASE = """\
+# configs/{name} as an mmengine pure-Python config base (written by setup.py):
+#     with read_base():
+#         from {module} import *
+globals().update(__import__('convnext_mm').recipes.recipe_variables('{name}'))
+"""
+
+
 def ship_configs():
-    """Copy configs/ to convnext_mm/.mim/configs, where OpenMMLab tools look for a
-    package's configs (``Config.fromfile('convnext_mm::cascade_convnext_t_coco.py')``)."""
+    """Put configs/ into the package twice (convnext_mm/recipes.py says why): as
+    convnext_mm/.mim/configs, where OpenMMLab tools look for a package's text configs,
+    and as convnext_mm/configs, one generated pure-Python config base per file that reads
+    its text config, so a config anywhere can inherit ours through ``read_base()``."""
     source = os.path.join(HERE, 'configs')
-    target = os.path.join(HERE, 'convnext_mm', '.mim', 'configs')
-    if not os.path.isdir(source) or os.path.islink(target):
+    if not os.path.isdir(source):
         return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    try:  # a link keeps an editable install in step with configs/
-        os.symlink(os.path.join('..', '..', 'configs'), target)
-    except OSError:
-        shutil.copytree(source, target)
+    target = os.path.join(HERE, 'convnext_mm', '.mim', 'configs')
+    if not os.path.islink(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        try:  # a link keeps an editable install in step with configs/
+            os.symlink(os.path.join('..', '..', 'configs'), target)
+        except OSError:
+            shutil.copytree(source, target)
+
+    bases = os.path.join(HERE, 'convnext_mm', 'configs')
+    shutil.rmtree(bases, ignore_errors=True)
+    for folder, _, files in os.walk(source):
+        for file in files:
+            if not file.endswith('.py'):
+                continue
+            name = os.path.relpath(os.path.join(folder, file), source).replace(os.sep, '/')
+            module = 'convnext_mm.configs.' + name[:-len('.py')].replace('/', '.')
+            path = os.path.join(bases, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w') as f:
+                f.write(PURE_PYTHON_BASE.format(name=name, module=module))
 
 
 ship_configs()
@@ -56,6 +80,7 @@ setup(
         'export': ['onnx>=1.16', 'onnxscript>=0.5', 'onnxruntime>=1.18'],
         'tests': ['pytest', 'pytest-xdist', 'timm', 'torchvision'],
     },
-    package_data={'convnext_mm': ['.mim/configs/*.py', '.mim/configs/*/*.py']},
+    package_data={'convnext_mm': ['.mim/configs/*.py', '.mim/configs/*/*.py', 'configs/*.py',
+                                  'configs/*/*.py']},
     zip_safe=False,
 )

@@ -11,13 +11,12 @@ puts ConvNeXt into any mmdet/mmseg config.
 """
 __version__ = '0.1.0'
 
-import os.path as osp  # noqa: E402
-
 from .backbone_swap import convnext_overrides, use_convnext  # noqa: E402
 from .checkpoint import use_restricted_checkpoint_loading  # noqa: E402
 from .engine import (AtomicCheckpointHook, ConvNeXtLayerDecayOptimizerConstructor,  # noqa: E402
                      FiniteLossHook, LayerDecayLrLogHook)
 from .models import ConvNeXt  # noqa: E402
+from .recipes import get_config_path  # noqa: E402
 
 use_restricted_checkpoint_loading()
 
@@ -26,19 +25,3 @@ __all__ = [
     'FiniteLossHook', 'LayerDecayLrLogHook', 'convnext_overrides', 'get_config_path',
     'use_convnext'
 ]
-
-
-def get_config_path(name: str) -> str:
-    """Path of a config shipped with the package, e.g. 'cascade_convnext_t_coco.py'.
-
-    Installed packages carry configs/ as convnext_mm/.mim/configs; a source
-    checkout also finds them in the repository's configs/.
-    """
-    here = osp.dirname(osp.abspath(__file__))
-    for root in (osp.join(here, '.mim', 'configs'), osp.join(osp.dirname(here), 'configs')):
-        path = osp.join(root, name)
-        if osp.isfile(path):
-            return path
-    raise FileNotFoundError(f'No shipped config named {name!r} (looked in {here}/.mim/configs '
-                            f'and the source tree)')
-

@@ -1,7 +1,14 @@
 """The environment: package import, mmcv's compiled ops (guards the source build)."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
-from conftest import run_tool
+from conftest import ROOT, run_tool
 
 
 def test_package_imports_with_version():
@@ -84,3 +91,76 @@ def test_batched_nms_hand_computed():
     _, keep = batched_nms(boxes, scores, torch.tensor([0, 0, 0, 0]),
                           dict(type='nms', iou_threshold=0.7))
     assert keep.tolist() == [0, 1, 2, 3]
+
+
+INHERITING_CONFIG = '''\
+from mmengine.config import read_base
+
+with read_base():
+    from convnext_mm.configs.cascade_convnext_t_coco import *
+
+model.backbone.drop_path_rate = 0.2
+'''
+
+BUILD_INHERITING_CONFIG = '''\
+import json, sys
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import MODELS, init_default_scope
+
+cfg = Config.fromfile('my_cascade.py')
+import convnext_mm
+recipe = Config.fromfile(sys.argv[1]).to_dict()
+recipe['model']['backbone']['drop_path_rate'] = 0.2
+equals_recipe = cfg.to_dict() == recipe
+init_default_scope(cfg.default_scope)
+model = MODELS.build(cfg.model)
+cfg.optim_wrapper.type = 'OptimWrapper'  # the recipe's AmpOptimWrapper needs a GPU
+optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+print(json.dumps(dict(
+    package=convnext_mm.__file__, equals_recipe=equals_recipe,
+    model=type(model).__name__, backbone=type(model.backbone).__name__,
+    last_drop_prob=model.backbone.stages[-1][-1].drop_path.drop_prob,
+    lrs=sorted({group['lr'] for group in optim_wrapper.optimizer.param_groups}))))
+'''
+
+
+def test_a_config_anywhere_inherits_a_recipe_from_the_installed_wheel(tmp_path):
+    """`with read_base(): from convnext_mm.configs.NAME import *` in a config outside the
+    repository, against a built wheel installed into a folder (not an editable install)."""
+    import zipfile
+
+    source = tmp_path / 'source'
+    for part in ('convnext_mm', 'configs'):
+        shutil.copytree(os.path.join(ROOT, part), source / part,
+                        ignore=shutil.ignore_patterns('__pycache__', '.mim'))
+    for part in ('setup.py', 'README.md'):
+        shutil.copy(os.path.join(ROOT, part), source / part)
+    pip = [sys.executable, '-m', 'pip', '-q']
+    subprocess.run(pip + ['wheel', '--no-deps', '--no-build-isolation', '-w', str(tmp_path),
+                          str(source)], check=True, capture_output=True)
+    wheel, = tmp_path.glob('convnext_mm-*.whl')
+    subprocess.run(pip + ['install', '--no-deps', '--target', str(tmp_path / 'site'),
+                          str(wheel)], check=True, capture_output=True)
+
+    recipes = {os.path.relpath(path, os.path.join(ROOT, 'configs'))
+               for path in glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)}
+    shipped = zipfile.ZipFile(wheel).namelist()
+    for folder in ('convnext_mm/configs/', 'convnext_mm/.mim/configs/'):
+        assert {name[len(folder):] for name in shipped if name.startswith(folder)} == recipes
+
+    user = tmp_path / 'user'
+    user.mkdir()
+    (user / 'my_cascade.py').write_text(INHERITING_CONFIG)
+    run = subprocess.run(
+        [sys.executable, '-c', BUILD_INHERITING_CONFIG,
+         os.path.join(ROOT, 'configs', 'cascade_convnext_t_coco.py')],
+        cwd=user, env=dict(os.environ, PYTHONPATH=str(tmp_path / 'site'), PYTHONWARNINGS='ignore'),
+        capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    built = json.loads(run.stdout.strip().splitlines()[-1])
+    assert built['package'].startswith(str(tmp_path / 'site'))
+    assert built['equals_recipe']
+    assert (built['model'], built['backbone']) == ('CascadeRCNN', 'ConvNeXt')
+    assert built['last_drop_prob'] == pytest.approx(0.2)
+    assert max(built['lrs']) == pytest.approx(2e-4) and len(built['lrs']) == 8  # 0.7 ** (0..7)
