@@ -108,17 +108,17 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import MODELS, init_default_scope
 
-cfg = Config.fromfile('my_cascade.py')
-import convnext_mm
-recipe = Config.fromfile(sys.argv[1]).to_dict()
-recipe['model']['backbone']['drop_path_rate'] = 0.2
-equals_recipe = cfg.to_dict() == recipe
+cfg = Config.fromfile('my_cascade.py')  # registers ConvNeXt: nothing else imports it here
+inherited = cfg.to_dict()
 init_default_scope(cfg.default_scope)
 model = MODELS.build(cfg.model)
 cfg.optim_wrapper.type = 'OptimWrapper'  # the recipe's AmpOptimWrapper needs a GPU
 optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+recipe = Config.fromfile(sys.argv[1]).to_dict()
+recipe['model']['backbone']['drop_path_rate'] = 0.2
+import convnext_mm
 print(json.dumps(dict(
-    package=convnext_mm.__file__, equals_recipe=equals_recipe,
+    package=convnext_mm.__file__, equals_recipe=inherited == recipe,
     model=type(model).__name__, backbone=type(model.backbone).__name__,
     last_drop_prob=model.backbone.stages[-1][-1].drop_path.drop_prob,
     lrs=sorted({group['lr'] for group in optim_wrapper.optimizer.param_groups}))))
