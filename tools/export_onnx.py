@@ -71,8 +71,7 @@ def build_model(cfg, checkpoint):
     model: nn.Module = MODELS.build(cfg.model)
     if checkpoint is not None:
         state = load_checkpoint_file(checkpoint)
-        check_fits_model(model, state.get('state_dict', state),
-                         f'Checkpoint {checkpoint!r} of {cfg.filename!r}')
+        check_fits_model(model, state, checkpoint, cfg.filename)
         _load_checkpoint_to_model(model, state, strict=True)  # drops a 'module.' prefix
     return model.eval()
 

@@ -97,8 +97,7 @@ def strict_weights(inferencer_class, checkpoint_path):
     class StrictWeights(inferencer_class):
         def _load_weights_to_model(self, model, checkpoint, cfg):
             if checkpoint is not None:
-                check_fits_model(model, checkpoint.get('state_dict', checkpoint),
-                                 f'Checkpoint {checkpoint_path!r} of {cfg.filename!r}')
+                check_fits_model(model, checkpoint, checkpoint_path, cfg.filename)
             super()._load_weights_to_model(model, checkpoint, cfg)
 
     return StrictWeights

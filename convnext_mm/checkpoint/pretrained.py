@@ -60,14 +60,17 @@ def load_converted(model: nn.Module, state_dict: dict, checkpoint: str,
         logger.warning(f'in the checkpoint but not in the model: {result.unexpected_keys}')
 
 
-def check_fits_model(model: nn.Module, state_dict: dict, where: str) -> None:
-    """Raise ``CheckpointError`` unless ``state_dict`` (a whole model's, as mmengine saves
-    it) has exactly the model's tensors with the model's shapes.
+def check_fits_model(model: nn.Module, checkpoint: dict, checkpoint_path: str,
+                     config_path: str) -> None:
+    """Raise ``CheckpointError`` unless ``checkpoint`` (a whole model's, as mmengine saves it:
+    its ``state_dict``, or a bare state dict) has exactly the model's tensors with the model's
+    shapes.
 
     mmengine loads such checkpoints with ``strict=False`` and only warns, so the
-    checkpoint of another config would run with randomly initialised layers.
-    ``where`` names the checkpoint and config in the message.
+    checkpoint of another config would run with randomly initialised layers. The message
+    names ``checkpoint_path`` and ``config_path``.
     """
+    state_dict = checkpoint.get('state_dict', checkpoint)
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
                   for k, v in state_dict.items()}
     own = model.state_dict()
@@ -79,5 +82,6 @@ def check_fits_model(model: nn.Module, state_dict: dict, where: str) -> None:
         ('of another shape', mismatched), ('missing from the checkpoint', missing),
         ('not in the model', unexpected)) if keys]
     if problems:
-        raise CheckpointError(f'{where} does not fit the model: {"; ".join(problems)}. '
+        raise CheckpointError(f'Checkpoint {checkpoint_path!r} of {config_path!r} does not fit '
+                              f'the model: {"; ".join(problems)}. '
                               f'Is it a checkpoint of this config?')
