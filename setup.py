@@ -74,11 +74,13 @@ setup(
         'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.0,<1.3', 'ftfy', 'regex'],
         'all': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0,<3.4', 'mmsegmentation>=1.0,<1.3',
                 'pycocotools', 'ftfy', 'regex', 'timm', 'onnx>=1.16', 'onnxscript>=0.5',
-                'onnxruntime>=1.18'],
+                'onnxruntime>=1.18', 'huggingface_hub'],
+        # checkpoints named hf-hub:OWNER/NAME
+        'hub': ['huggingface_hub'],
         # tools/export_onnx.py: torch's dynamo exporter writes through onnxscript;
         # onnxruntime checks the file against PyTorch.
         'export': ['onnx>=1.16', 'onnxscript>=0.5', 'onnxruntime>=1.18'],
-        'tests': ['pytest', 'pytest-xdist', 'timm', 'torchvision'],
+        'tests': ['pytest', 'pytest-xdist', 'timm', 'torchvision', 'transformers'],
     },
     package_data={'convnext_mm': ['.mim/configs/*.py', '.mim/configs/*/*.py', 'configs/*.py',
                                   'configs/*/*.py']},

@@ -10,6 +10,8 @@ from typing import List, Optional, Union
 import torch
 from mmengine.config import Config
 
+from .config_writer import merged_config
+
 # The default layer decay of the recipes of each scope (the T-size values).
 DEFAULT_LAYER_DECAY = {
     'mmdet': dict(decay_rate=0.7, decay_type='layer_wise'),
@@ -40,7 +42,16 @@ def _convnext_channels(arch, out_indices) -> List[int]:
 
 def _adapt_reader(reader: dict, where: str, channels: List[int]) -> dict:
     """The changes that make ``reader`` (a neck or head config reading the backbone's outputs)
-    take ConvNeXt's ``channels``."""
+    take ConvNeXt's ``channels``.
+
+    An mmseg head reads the outputs its ``in_index`` names: one (``in_channels`` an int), or
+    several (a list: concatenated with ``input_transform='resize_concat'``, or handed over as a
+    list with ``'multiple_select'``). K-Net's ``IterativeDecodeHead`` reads the backbone
+    through its ``kernel_generate_head``.
+    """
+    if reader.get('kernel_generate_head') is not None:
+        return dict(kernel_generate_head=_adapt_reader(
+            reader['kernel_generate_head'], f'{where}.kernel_generate_head', channels))
     changes = {}
     in_index = reader.get('in_index')
     if in_index is not None:  # mmseg heads: which backbone outputs they read
@@ -63,9 +74,18 @@ def _adapt_reader(reader: dict, where: str, channels: List[int]) -> dict:
                      f'cannot be given ConvNeXt\'s channels {channels}')
 
 
+def _merge_into(target: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
 def _readers(model: dict):
     """(config key, config) of what reads the backbone's outputs: the neck (its first module
-    when it is a list), else the heads."""
+    when it is a list), else the heads (each of a list: the cascade of heads of mmseg's
+    ``CascadeEncoderDecoder`` all read the backbone)."""
     if model.get('neck') is not None:
         return [('neck', model['neck'])]
     readers = [(key, model[key]) for key in HEAD_KEYS if model.get(key) is not None]
@@ -121,7 +141,8 @@ def convnext_overrides(cfg: Config, arch: Union[str, dict] = 'tiny',
     for key, reader in _readers(model):
         if isinstance(reader, (list, tuple)):  # a list is replaced whole by a merge
             readers = [copy.deepcopy(r) for r in reader]
-            readers[0].update(_adapt_reader(readers[0], f'model.{key}[0]', channels))
+            for i, one in enumerate(readers[:1] if key == 'neck' else readers):
+                _merge_into(one, _adapt_reader(one, f'model.{key}[{i}]', channels))
             model_changes[key] = readers
         else:
             model_changes[key] = _adapt_reader(reader, f'model.{key}', channels)
@@ -151,10 +172,97 @@ def convnext_overrides(cfg: Config, arch: Union[str, dict] = 'tiny',
 def use_convnext(cfg: Config, arch: Union[str, dict] = 'tiny', **kwargs) -> Config:
     """``cfg`` with a ConvNeXt backbone: ``convnext_overrides(cfg, arch, **kwargs)`` merged
     into a copy of it."""
-    overrides = convnext_overrides(cfg, arch, **kwargs)
-    new = Config(copy.deepcopy(cfg.to_dict()), filename=cfg.filename)
-    new.merge_from_dict(overrides)
-    return new
+    return merged_config(cfg, convnext_overrides(cfg, arch, **kwargs))
 
 
-__all__ = ['convnext_overrides', 'use_convnext']
+# The synthetic batch of check_swapped_model: two images of this size.
+CHECK_IMAGE_SIZE = 128
+
+
+def _mentions(node, word: str) -> bool:
+    """Whether a config tree has a key or a type name holding ``word`` (any case)."""
+    if isinstance(node, dict):
+        return any(word in str(key).lower() for key in node) or \
+            word in str(node.get('type', '')).lower() or \
+            any(_mentions(value, word) for value in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_mentions(value, word) for value in node)
+    return False
+
+
+def _synthetic_batch(model_cfg: dict, scope: str, size: int) -> dict:
+    """Two images with the ground truth the model learns from: mmdet's demo inputs (boxes of
+    label 0; masks and a semantic map where the model's config speaks of them: box-only
+    assigners may use masks when given), or mmseg label maps of classes 0 and 1."""
+    if scope == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        data = demo_mm_inputs(2, [(3, size, size)] * 2, num_items=[3, 2], num_classes=2,
+                              with_mask=_mentions(model_cfg, 'mask'),
+                              with_semantic=any(_mentions(model_cfg, word)
+                                                for word in ('semantic', 'stuff', 'panoptic')))
+        for sample in data['data_samples']:  # label 0 exists whatever num_classes is
+            sample.gt_instances.labels.zero_()
+        return data
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    generator = torch.Generator().manual_seed(0)
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
+                                             ori_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 2, (1, size, size),
+                                                         generator=generator))
+        samples.append(sample)
+    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
+              for _ in range(2)]
+    return dict(inputs=images, data_samples=samples)
+
+
+def build_shallow_model(cfg: Config) -> torch.nn.Module:
+    """The model of a config with a ConvNeXt backbone, built (on the CPU, initialised) with one
+    block per stage of the configured channels and no pretrained weights: what the neck and
+    heads read is the full model's, at a fraction of its cost. mmdet's fixed-size batch padding
+    (``batch_augments``) is left out and mmseg's pad size set to ``CHECK_IMAGE_SIZE``."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from .models import ConvNeXt
+    scope = cfg.get('default_scope')
+    if scope not in DEFAULT_LAYER_DECAY:
+        raise ValueError(f"default_scope must be 'mmdet' or 'mmseg', got {scope!r}")
+    model_cfg = copy.deepcopy(cfg.model)
+    backbone = model_cfg['backbone']
+    _, channels = ConvNeXt._parse_arch(backbone.get('arch', 'tiny'))
+    backbone.update(arch=dict(depths=[1] * len(channels), channels=channels), init_cfg=None)
+    preprocessor = model_cfg.get('data_preprocessor') or {}
+    if preprocessor.get('batch_augments') is not None:
+        preprocessor['batch_augments'] = None
+    if scope == 'mmseg' and preprocessor.get('size') is not None:
+        preprocessor['size'] = (CHECK_IMAGE_SIZE, CHECK_IMAGE_SIZE)
+    init_default_scope(scope)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return model
+
+
+def run_swapped_model(cfg: Config):
+    """Build ``cfg``'s model as ``build_shallow_model`` does and compute its training losses on
+    two synthetic images (every head, auxiliary heads included); returns (model, losses)."""
+    model = build_shallow_model(cfg)
+    model.train()
+    data = model.data_preprocessor(
+        _synthetic_batch(cfg.model, cfg.default_scope, CHECK_IMAGE_SIZE), True)
+    return model, model(**data, mode='loss')
+
+
+def check_swapped_model(cfg: Config, source: str = '') -> None:
+    """Raise ValueError naming ``source`` (the swapped config) when the model of ``cfg`` fails
+    to build or to compute its losses (``run_swapped_model``): a neck or head given channels
+    it does not read fails here, at swap time, not at a run's first iteration."""
+    try:
+        run_swapped_model(cfg)
+    except Exception as e:
+        raise ValueError(f'The config swapped to ConvNeXt from {source or cfg.filename!r} does '
+                         f'not run: {type(e).__name__}: {e}') from e
+
+
+__all__ = ['check_swapped_model', 'convnext_overrides', 'run_swapped_model', 'use_convnext']

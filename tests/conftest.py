@@ -37,6 +37,21 @@ def toy_coco(tmp_path_factory) -> str:
     return str(out) + '/'
 
 
+# The toy COCO classes of `make_toy_data.py --num-classes 5`, under non-contiguous ids.
+FIVE_CLASSES = ('circle', 'square', 'triangle', 'pentagon', 'hexagon')
+FIVE_CATEGORY_IDS = (2, 5, 9, 11, 20)
+
+
+@pytest.fixture(scope='session')
+def toy_coco_5(tmp_path_factory) -> str:
+    """``toy_coco`` with five classes whose category ids are 2, 5, 9, 11 and 20."""
+    out = tmp_path_factory.mktemp('toy_coco_5')
+    subprocess.run([sys.executable, 'tools/make_toy_data.py', '--out', str(out), '--num-train',
+                    '8', '--num-val', '4', '--size', '128', '128', '--num-classes', '5',
+                    '--category-ids'] + [str(i) for i in FIVE_CATEGORY_IDS], cwd=ROOT, check=True)
+    return str(out) + '/'
+
+
 def randomize_(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     """Give every parameter random values so that no block is a near no-op.
 

@@ -1,13 +1,15 @@
 """convnext_overrides / use_convnext and tools/swap_backbone.py: ConvNeXt in mmdet's and mmseg's
-own configs (their installed .mim/configs), each built, trained one step on the CPU and
-counted; what cannot be adapted is refused naming the key."""
+own configs (their installed .mim/configs), each built and run as the tool checks it at swap time,
+trained one step on the CPU and counted; what cannot be adapted is refused naming the key, and a
+swap that would not run is refused at swap time."""
 
 import pytest
 import torch
 from conftest import count_parameters, installed_config, load_tool
 from mmengine.config import Config
 
-from convnext_mm.backbone_swap import HEAD_KEYS, convnext_overrides, use_convnext
+from convnext_mm.backbone_swap import (HEAD_KEYS, convnext_overrides, run_swapped_model,
+                                       use_convnext)
 from convnext_mm.models import ConvNeXt
 
 mmdet = pytest.importorskip('mmdet')
@@ -57,11 +59,16 @@ SEG_MATRIX = {
     'segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py': SMALL_SEG,
     'mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py': dict(
         SMALL_SEG, **{f'model.decode_head.{k}': v for k, v in SMALL_MASK2FORMER.items()}),
+    # a cascade of two heads, each concatenating all four outputs (resize_concat)
+    'ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py': SMALL_SEG,
+    # the kernel generator (an UPerHead) reads the backbone, the kernel update heads read it
+    'knet/knet-s3_r50-d8_upernet_8xb2-adamw-80k_ade20k-512x512.py': SMALL_SEG,
 }
 
 
 def build_pair(scope, cfg, new):
-    """(the original model, the ConvNeXt one) built in ``scope``."""
+    """(the original model, the ConvNeXt one with its training losses), the latter built and run
+    as the swap tool checks it (one block per stage, two synthetic images)."""
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(scope)
     try:
@@ -69,17 +76,18 @@ def build_pair(scope, cfg, new):
             old = MODELS.build(cfg.model)
     except (RuntimeError, NotImplementedError):  # a backbone computing values while built
         old = MODELS.build(cfg.model)
-    model = MODELS.build(new.model)
-    model.init_weights()  # as the runner does (DETRs leave some parameters uninitialised before)
-    return old, model
+    model, losses = run_swapped_model(new)
+    return old, model, losses
 
 
 def assert_swap_explains_the_parameters(cfg, old, model, out_indices):
-    """The backbone is ConvNeXt-atto with the old backbone's number of outputs; only it and
-    the modules that read it (neck, or heads without a neck) change their parameter count."""
+    """The backbone is ConvNeXt with atto's channels (one block per stage) and the old
+    backbone's number of outputs; only it and the modules that read it (neck, or heads without
+    a neck) change their parameter count."""
     assert type(model.backbone) is ConvNeXt and model.backbone.out_indices == out_indices
+    shallow_atto = dict(depths=[1] * 4, channels=[40, 80, 160, 320])
     assert count_parameters(model.backbone) == \
-        count_parameters(ConvNeXt('atto', out_indices=out_indices))
+        count_parameters(ConvNeXt(shallow_atto, out_indices=out_indices))
     readers = [k for k in ('neck', ) + HEAD_KEYS if k in convnext_overrides(cfg, 'atto')['model']]
     assert readers
     for name, module in model.named_children():
@@ -87,9 +95,9 @@ def assert_swap_explains_the_parameters(cfg, old, model, out_indices):
             assert count_parameters(module) == count_parameters(getattr(old, name)), name
 
 
-def train_step(model, data, optim_wrapper_cfg):
-    """One step with the config's optimizer under layer decay: the backbone gets gradients
-    and moves."""
+def train_step(model, losses, optim_wrapper_cfg):
+    """One step from ``losses`` with the config's optimizer under layer decay: the backbone
+    gets gradients and moves."""
     from mmengine.optim import build_optim_wrapper
     optim_wrapper_cfg = dict(optim_wrapper_cfg, type='OptimWrapper')  # no AMP on the CPU
     optim_wrapper_cfg.pop('loss_scale', None)
@@ -98,8 +106,7 @@ def train_step(model, data, optim_wrapper_cfg):
     optim_wrapper_cfg.pop('clip_grad', None)
     optim_wrapper = build_optim_wrapper(model, optim_wrapper_cfg)
     before = {n: p.detach().clone() for n, p in model.backbone.named_parameters()}
-    model.train()
-    loss, _ = model.parse_losses(model(**model.data_preprocessor(data, True), mode='loss'))
+    loss, _ = model.parse_losses(losses)
     assert torch.isfinite(loss)
     optim_wrapper.backward(loss)
     grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
@@ -111,37 +118,26 @@ def train_step(model, data, optim_wrapper_cfg):
 
 @pytest.mark.parametrize('name', list(DET_MATRIX))
 def test_convnext_trains_in_mmdets_configs(name):
-    from mmdet.testing import demo_mm_inputs
     task, stages, options = DET_MATRIX[name]
     cfg = installed_config('mmdet', name, options)
     new = use_convnext(cfg, 'atto', layer_decay=True)
-    old, model = build_pair('mmdet', cfg, new)
+    old, model, losses = build_pair('mmdet', cfg, new)
     assert_swap_explains_the_parameters(cfg, old, model, stages)
-    size = 128 if 'detr' in name or 'dino' in name else 64  # DETRs pick their queries
-    data = demo_mm_inputs(2, [(3, size, size)] * 2, num_items=[3, 2], num_classes=80,
-                          with_mask=task != 'box',
-                          with_semantic=task == 'panoptic' or 'htc' in name)  # HTC: stuff maps
-    train_step(model, data, new.optim_wrapper)
+    if task != 'box':
+        assert any('mask' in key for key in losses), sorted(losses)
+    train_step(model, losses, new.optim_wrapper)
 
 
 @pytest.mark.parametrize('name', list(SEG_MATRIX))
 def test_convnext_trains_in_mmsegs_configs(name):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
     cfg = installed_config('mmseg', name, SEG_MATRIX[name])
     new = use_convnext(cfg, 'atto', layer_decay=True)
     assert 'pretrained' not in new.model or new.model.pretrained is None
-    old, model = build_pair('mmseg', cfg, new)
+    old, model, losses = build_pair('mmseg', cfg, new)
     assert_swap_explains_the_parameters(cfg, old, model, ALL_STAGES)
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), pad_shape=(64, 64),
-                                             ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(
-            data=torch.randint(0, new.model.decode_head.num_classes, (1, 64, 64)))
-        samples.append(sample)
-    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
-    train_step(model, dict(inputs=images, data_samples=samples), new.optim_wrapper)
+    if new.model.get('auxiliary_head') is not None:  # the auxiliary head ran too
+        assert any(key.startswith('aux') for key in losses), sorted(losses)
+    train_step(model, losses, new.optim_wrapper)
 
 
 def test_what_the_swap_changes():
@@ -198,3 +194,38 @@ def test_swap_tool_writes_a_config_that_inherits_the_source(tmp_path):
     assert written.model.to_dict() == expected.model.to_dict()
     assert written.optim_wrapper.to_dict() == expected.optim_wrapper.to_dict()
     assert written.custom_imports == dict(imports=['convnext_mm'], allow_failed_imports=False)
+
+
+def test_heads_reading_several_outputs_get_their_channels():
+    """OCRNet: both heads of the cascade concatenate the four outputs (resize_concat); K-Net:
+    the kernel generator (an UPerHead) reads them, the kernel update heads read it."""
+    ocrnet = use_convnext(installed_config(
+        'mmseg', 'ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py'), 'tiny')
+    assert [head.in_channels for head in ocrnet.model.decode_head] == [[96, 192, 384, 768]] * 2
+    assert ocrnet.model.decode_head[0].channels == 270  # its own width, not what it reads
+    knet = use_convnext(installed_config(
+        'mmseg', 'knet/knet-s3_r50-d8_upernet_8xb2-adamw-80k_ade20k-512x512.py'), 'tiny')
+    head = knet.model.decode_head
+    assert head.kernel_generate_head.in_channels == [96, 192, 384, 768]
+    assert [h.in_channels for h in head.kernel_update_head] == [512] * 3  # unchanged
+    assert knet.model.auxiliary_head.in_channels == 384
+
+
+def test_swap_tool_refuses_a_config_that_would_not_run(tmp_path, monkeypatch):
+    """A swap leaving OCRNet's second head at HRNet's channels (what the tool wrote before it
+    adapted every head of a cascade) is refused at swap time, and nothing is written."""
+    tool = load_tool('swap_backbone')
+    real = tool.convnext_overrides
+
+    def first_head_only(cfg, arch, **kwargs):
+        overrides = real(cfg, arch, **kwargs)
+        overrides['model']['decode_head'][1]['in_channels'] = [18, 36, 72, 144]
+        return overrides
+    monkeypatch.setattr(tool, 'convnext_overrides', first_head_only)
+    out = tmp_path / 'ocrnet_convnext.py'
+    with pytest.raises(ValueError, match=r"The config swapped to ConvNeXt from 'mmseg::ocrnet/"
+                       r"ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py' does not run: "
+                       r'RuntimeError: .*expected input\[2, 600, .*to have 270 channels'):
+        tool.main(['mmseg::ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py', 'atto',
+                   str(out)])
+    assert not out.exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, assert_v1_recipe_with_v2_block,
                       assert_v2_backbone_is_timms, cfg_options, count_parameters,
-                      installed_config, run_dist_train, without_scope)
+                      installed_config, load_tool, run_dist_train, without_scope)
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -236,41 +236,73 @@ def test_toy_ade20k_layout_and_labels(toy_ade20k):
     assert 0 in values and values - {0} <= ade_ids and {3, 10} <= values
 
 
-def test_train_test_tta_infer_and_resume_on_toy_data(toy_ade20k, tmp_path):
-    """The demo with the ConvNeXt V2 block (the V1 block trains in the two-process test)."""
+# The toy ADE20K data in mmseg's layout for a dataset of one's own (img_dir/, ann_dir/) with
+# four classes: label map value -> class index, everything else ignored (255).
+FOUR_CLASSES = ('sky', 'grass', 'ball', 'box')
+ADE20K_TO_FOUR = {3: 0, 10: 1, 120: 2, 42: 3}
+
+
+@pytest.fixture(scope='session')
+def toy_seg_4(toy_ade20k, tmp_path_factory):
+    out = tmp_path_factory.mktemp('toy_seg_4')
+    for split, folder in (('train', 'training'), ('val', 'validation')):
+        os.makedirs(out / 'img_dir' / split)
+        os.makedirs(out / 'ann_dir' / split)
+        for path in glob.glob(f'{toy_ade20k}images/{folder}/*.jpg'):
+            name = osp.splitext(osp.basename(path))[0]
+            os.symlink(path, out / 'img_dir' / split / f'{name}.jpg')
+            ade = np.asarray(Image.open(f'{toy_ade20k}annotations/{folder}/{name}.png'))
+            labels = np.full_like(ade, 255)
+            for value, index in ADE20K_TO_FOUR.items():
+                labels[ade == value] = index
+            Image.fromarray(labels).save(out / 'ann_dir' / split / f'{name}.png')
+    return str(out) + '/'
+
+
+def test_own_dataset_trains_tests_tta_infers_and_resumes(toy_seg_4, tmp_path):
+    """A four-class dataset in mmseg's layout (labels 0-3, 255 ignored) through
+    tools/dataset_config.py from the demo UperNet, trained with the ConvNeXt V2 block (the V1
+    block trains in the two-process test)."""
+    config = str(tmp_path / 'upernet_on_my_data.py')
+    load_tool('dataset_config').main([DEMO, '--data-root', toy_seg_4, '--out', config,
+                                      '--classes'] + list(FOUR_CLASSES) + ['--check'])
     work = str(tmp_path / 'work')
     v2 = {'model.backbone.use_grn': True}
-    short = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 4, **NO_VALIDATION,
-                                        'default_hooks.checkpoint.interval': 2, **v2})
-    log = run(['tools/train.py', DEMO, '--work-dir', work] + short)
+    short = cfg_options(toy_seg_4, **{'train_cfg.max_iters': 4, **NO_VALIDATION,
+                                       'default_hooks.checkpoint.interval': 2, **v2})
+    log = run(['tools/train.py', config, '--work-dir', work] + short)
     assert 'Iter(train) [4/4]' in log
     weights = load_checkpoint_file(osp.join(work, 'iter_4.pth'))['state_dict']
     assert weights['backbone.stages.2.5.grn.gamma'].abs().sum() > 0  # trained GRN
+    assert weights['decode_head.conv_seg.weight'].shape[0] == 4
+    assert weights['auxiliary_head.conv_seg.weight'].shape[0] == 4
     assert_logged_lr(work, 0.9**7)  # stage_wise 0.9 over 6 layers: the stem's scale
 
-    log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work,
+    log = run(['tools/test.py', config, osp.join(work, 'iter_4.pth'), '--work-dir', work,
                '--out', str(tmp_path / 'preds.pkl'), '--show-dir', 'vis'] + short)
-    assert re.search(r'mIoU: \d', log) and re.search(r'\|\s+signboard\s+\|', log)
+    assert re.search(r'mIoU: \d', log)
+    assert [row for row in re.findall(r'^\|\s+(\w+)\s+\|\s+[\d.na]+\s+\|', log, re.M)
+            if row in FOUR_CLASSES + ('signboard', )] == list(FOUR_CLASSES)
     assert osp.getsize(tmp_path / 'preds.pkl') > 0
     assert len(glob.glob(osp.join(work, 'vis', 'vis_data', 'vis_image', '*.png'))) == 3
 
     # the config as trained (the --tta run below rewrites the work dir's copy)
-    check_infer_tool(osp.join(work, 'upernet_convnext_demo.py'), osp.join(work, 'iter_4.pth'),
-                     toy_ade20k, tmp_path)
+    check_infer_tool(osp.join(work, 'upernet_on_my_data.py'), osp.join(work, 'iter_4.pth'),
+                     toy_seg_4 + 'img_dir/val/', tmp_path)
 
-    log = run(['tools/test.py', DEMO, osp.join(work, 'iter_4.pth'), '--work-dir', work, '--tta']
-              + short)
+    log = run(['tools/test.py', config, osp.join(work, 'iter_4.pth'), '--work-dir', work,
+               '--tta'] + short)
     assert re.search(r'mIoU: \d', log)
 
-    longer = cfg_options(toy_ade20k, **{'train_cfg.max_iters': 6, **NO_VALIDATION,
-                                         'default_hooks.checkpoint.interval': 2, **v2})
-    log = run(['tools/train.py', DEMO, '--work-dir', work, '--resume'] + longer)
+    longer = cfg_options(toy_seg_4, **{'train_cfg.max_iters': 6, **NO_VALIDATION,
+                                        'default_hooks.checkpoint.interval': 2, **v2})
+    log = run(['tools/train.py', config, '--work-dir', work, '--resume'] + longer)
     assert re.search(r'resumed epoch: 0, iter: 4', log)
     assert 'Iter(train) [6/6]' in log and 'Iter(train) [4/6]' not in log
     assert osp.isfile(osp.join(work, 'iter_6.pth'))
 
 
-def check_infer_tool(config, checkpoint, toy_ade20k, tmp_path):
+def check_infer_tool(config, checkpoint, val_images, tmp_path):
     """tools/infer.py on a glob and a folder holding a broken file: per good image the
     picture (the image beside the colour-coded prediction), the label map equal to mmseg's
     inference_model, and its pixel counts per class as JSON; the broken file named after."""
@@ -279,14 +311,15 @@ def check_infer_tool(config, checkpoint, toy_ade20k, tmp_path):
     folder.mkdir()
     (folder / 'broken.jpg').write_bytes(b'not a picture')
     out = tmp_path / 'infer'
-    log = run(['tools/infer.py', config, checkpoint, toy_ade20k + 'images/validation/*0[12].jpg',
+    log = run(['tools/infer.py', config, checkpoint, val_images + '*0[12].jpg',
                str(folder), '--out-dir', str(out)], returncode=1)
     assert re.search(r'1 input\(s\) skipped:\n  \S+broken.jpg: not a readable image\n', log)
     segmentor = init_model(config, checkpoint, device='cpu')
     classes = segmentor.dataset_meta['classes']
+    assert classes == FOUR_CLASSES
     assert sorted(os.listdir(out / 'vis')) == ['ADE_val_00000001.jpg', 'ADE_val_00000002.jpg']
     for name in ('ADE_val_00000001', 'ADE_val_00000002'):
-        image = f'{toy_ade20k}images/validation/{name}.jpg'
+        image = f'{val_images}{name}.jpg'
         want = inference_model(segmentor, image).pred_sem_seg.data[0].numpy()
         label_map = np.asarray(Image.open(out / 'preds' / f'{name}.png'))
         np.testing.assert_array_equal(label_map, want)

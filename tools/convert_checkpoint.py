@@ -2,11 +2,13 @@
 
     python tools/convert_checkpoint.py SRC DST [--arch tiny] [--use-grn]
 
-SRC: official (1K/22K, V1/V2, detection/segmentation), mmpretrain, timm or
-torchvision, as .pth or .safetensors (or a URL). DST: .pth (written as
-``{'state_dict': ...}`` with ``backbone.`` keys, loadable by mmengine's
-``load_from``) or .safetensors (plain backbone keys). The result is checked by
-loading it into a ConvNeXt of the detected (or given) arch before it is written.
+SRC: official (1K/22K, V1/V2, detection/segmentation), mmpretrain, timm,
+torchvision or Hugging Face transformers, as .pth, .bin or .safetensors, a URL, a
+transformers ``save_pretrained`` folder or shard index, or a hub id
+(``hf-hub:timm/convnextv2_base.fcmae``, ``hf-hub:facebook/convnextv2-base-22k-224``).
+DST: .pth (written as ``{'state_dict': ...}`` with ``backbone.`` keys, loadable by
+mmengine's ``load_from``) or .safetensors (plain backbone keys). The result is checked
+by loading it into a ConvNeXt of the detected (or given) arch before it is written.
 """
 import argparse
 import os.path as osp
@@ -21,7 +23,7 @@ from convnext_mm.checkpoint import (describe_arch, load_checkpoint_file,  # noqa
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('src', help='checkpoint path or URL')
+    parser.add_argument('src', help='checkpoint path, folder, URL or hf-hub:OWNER/NAME')
     parser.add_argument('dst', help='output .pth or .safetensors path')
     parser.add_argument('--arch', help='arch to check against (default: detected)')
     parser.add_argument('--use-grn', action='store_true', default=None,

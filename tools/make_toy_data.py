@@ -5,9 +5,10 @@
 
 COCO (instances): each image has a greyish textured background (smooth colour
 noise plus stripes) and one to four non-overlapping objects of three classes
-(circle, square, triangle) of varied size, rotation and shade (each class keeps to
-its own band of hues: red, blue, yellow), annotated with boxes and
-polygon masks:
+(circle, square, triangle; ``--num-classes 5`` adds pentagon and hexagon) of varied
+size, rotation and shade (each class keeps to its own band of hues: red, blue, yellow,
+green, purple), annotated with boxes and polygon masks (category ids 1, 2, ... or
+``--category-ids``, as a dataset with non-contiguous ids has them):
 
     OUT/train/000000.png ...   OUT/annotations/instances_train.json
     OUT/val/000000.png ...     OUT/annotations/instances_val.json
@@ -36,12 +37,13 @@ import os.path as osp
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES = ('circle', 'square', 'triangle')
-PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75)]
+CLASSES = ('circle', 'square', 'triangle', 'pentagon', 'hexagon')
+PALETTE = [(220, 20, 60), (0, 130, 200), (60, 180, 75), (255, 225, 25), (145, 30, 180)]
+CORNERS = (None, 4, 3, 5, 6)  # the circle is drawn as a 32-gon
 # The toy semantic classes, named as in ADE20K, and their 0-based ADE20K indices.
 ADE20K_CLASSES = {'sky': 2, 'grass': 9, 'ball': 119, 'box': 41, 'signboard': 43}
 SHAPE_TO_ADE20K = ('ball', 'box', 'signboard')  # circle, square, triangle
-SHAPE_HUES = (0.0, 0.6, 0.15)  # circle red, square blue, triangle yellow
+SHAPE_HUES = (0.0, 0.6, 0.15, 0.35, 0.8)  # red, blue, yellow, green, purple
 SCENE_OBJECT_HUES = (0.0, 0.13, 0.83)  # ball red, box yellow-orange, signboard magenta
 
 
@@ -61,7 +63,7 @@ def shape_polygon(rng, label, cx, cy, radius):
     if label == 0:
         angles = np.linspace(0, 2 * math.pi, 32, endpoint=False)
     else:
-        corners = 4 if label == 1 else 3
+        corners = CORNERS[label]
         angles = rng.uniform(0, 2 * math.pi) + np.arange(corners) * 2 * math.pi / corners
     return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in angles]
 
@@ -79,7 +81,7 @@ def class_colour(rng, hue):
     return tuple(int(255 * c) for c in rgb)
 
 
-def make_image(rng, height, width, max_objects):
+def make_image(rng, height, width, max_objects, num_classes=3):
     pixels, _ = textured_background(rng, height, width)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
@@ -92,7 +94,7 @@ def make_image(rng, height, width, max_objects):
                 break
         else:
             continue
-        label = int(rng.integers(len(CLASSES)))
+        label = int(rng.integers(num_classes))
         polygon = shape_polygon(rng, label, cx, cy, radius)
         draw.polygon(polygon, fill=class_colour(rng, SHAPE_HUES[label]))
         placed.append((cx, cy, radius))
@@ -100,12 +102,12 @@ def make_image(rng, height, width, max_objects):
     return image, objects
 
 
-def write_split(out, split, num_images, seed, height, width, max_objects):
+def write_split(out, split, num_images, seed, height, width, max_objects, category_ids):
     os.makedirs(osp.join(out, split), exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, index, split == 'val'])
-        image, objects = make_image(rng, height, width, max_objects)
+        image, objects = make_image(rng, height, width, max_objects, len(category_ids))
         file_name = f'{index:06d}.png'
         image.save(osp.join(out, split, file_name))
         images.append(dict(id=index + 1, file_name=file_name, height=height, width=width))
@@ -114,15 +116,15 @@ def write_split(out, split, num_images, seed, height, width, max_objects):
             x0, y0 = max(min(xs), 0), max(min(ys), 0)
             x1, y1 = min(max(xs), width), min(max(ys), height)
             annotations.append(
-                dict(id=len(annotations) + 1, image_id=index + 1, category_id=label + 1,
+                dict(id=len(annotations) + 1, image_id=index + 1, category_id=category_ids[label],
                      bbox=[round(v, 2) for v in (x0, y0, x1 - x0, y1 - y0)],
                      area=round(polygon_area(polygon), 2), iscrowd=0,
                      segmentation=[[round(v, 2) for p in polygon for v in p]]))
     coco = dict(
         info=dict(description='convnext_mm toy instances', version='1.0'),
         images=images, annotations=annotations,
-        categories=[dict(id=i + 1, name=name, supercategory='shape')
-                    for i, name in enumerate(CLASSES)])
+        categories=[dict(id=i, name=name, supercategory='shape')
+                    for i, name in zip(category_ids, CLASSES)])
     os.makedirs(osp.join(out, 'annotations'), exist_ok=True)
     path = osp.join(out, 'annotations', f'instances_{split}.json')
     tmp = f'{path}.tmp'
@@ -183,11 +185,20 @@ def parse_args(argv=None):
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
                         help='image size (default 192 192 for coco, 192 256 for ade20k)')
     parser.add_argument('--max-objects', type=int, default=4)
+    parser.add_argument('--num-classes', type=int, default=3, choices=range(2, len(CLASSES) + 1),
+                        help=f'coco: how many of {CLASSES} (default 3)')
+    parser.add_argument('--category-ids', type=int, nargs='+',
+                        help='coco: the categories\' ids (default 1 ... --num-classes)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     for name in ('num_train', 'num_val', 'max_objects'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    args.category_ids = args.category_ids or list(range(1, args.num_classes + 1))
+    if len(set(args.category_ids)) != args.num_classes or \
+            len(args.category_ids) != args.num_classes:
+        parser.error(f'--category-ids must be {args.num_classes} distinct ids, got '
+                     f'{args.category_ids}')
     args.out = args.out or f'data/toy_{args.dataset}'
     args.size = args.size or ((192, 192) if args.dataset == 'coco' else (192, 256))
     if min(args.size) < 64:
@@ -200,7 +211,7 @@ def main(argv=None):
     for split, count in (('train', args.num_train), ('val', args.num_val)):
         if args.dataset == 'coco':
             n_images, n_objects = write_split(args.out, split, count, args.seed, *args.size,
-                                              args.max_objects)
+                                              args.max_objects, args.category_ids)
             print(f'{split}: {n_images} images, {n_objects} objects -> {args.out}/{split}')
         else:
             n_images = write_ade20k_split(args.out, split, count, args.seed, *args.size,

@@ -7,9 +7,11 @@ SRC_CONFIG is a file or an installed config (``mmdet::retinanet/retinanet_r50_fp
 OUT_CONFIG holds ``_base_ = SRC`` and only what changes (convnext_mm.backbone_swap): the
 backbone, the channels of the neck (or of the heads that read the backbone), ``custom_imports``
 and, with --layer-decay, the optimizer constructor with the recipes' decay for the scope.
+Before writing, the swapped model is built (one block per ConvNeXt stage) and its losses are
+computed on two synthetic images, so a config that would fail at its first iteration is
+refused here.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -17,7 +19,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from convnext_mm.backbone_swap import convnext_overrides  # noqa: E402
+from convnext_mm.backbone_swap import check_swapped_model, convnext_overrides  # noqa: E402
+from convnext_mm.config_writer import (merged_config, resolve_config_path,  # noqa: E402
+                                       write_inheriting_config)
 
 
 def parse_args(argv=None):
@@ -30,31 +34,23 @@ def parse_args(argv=None):
                         help='ConvNeXtLayerDecayOptimizerConstructor with the recipes\' decay')
     parser.add_argument('--backbone-options', nargs='+', action=DictAction, default={},
                         help='more ConvNeXt arguments, e.g. drop_path_rate=0.4 use_grn=True')
+    parser.add_argument('--no-check', action='store_true',
+                        help='write without building the model and computing its losses on two '
+                        'synthetic images first (a few seconds on a CPU)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    path = args.src
-    if '::' in args.src:  # as mmengine resolves it in _base_
-        from mmengine.utils import get_installed_path
-        package, relative = args.src.split('::', 1)
-        path = osp.join(get_installed_path(package), '.mim', 'configs', relative)
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Config file not found: {path!r}')
     if not args.out.endswith('.py'):
         raise ValueError(f'OUT_CONFIG must end in .py, got {args.out!r}')
-    cfg = Config.fromfile(path)
+    cfg = Config.fromfile(resolve_config_path(args.src))
     overrides = convnext_overrides(cfg, args.arch, checkpoint=args.checkpoint,
                                    layer_decay=args.layer_decay or None,
                                    **args.backbone_options)
-    base = args.src if '::' in args.src else osp.relpath(
-        osp.abspath(args.src), osp.dirname(osp.abspath(args.out)))
-    text = f'_base_ = {base!r}\n\n' + Config(overrides).pretty_text.rstrip() + '\n'
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        f.write(text)
-    Config.fromfile(args.out)  # it reads back
+    if not args.no_check:
+        check_swapped_model(merged_config(cfg, overrides), args.src)
+    write_inheriting_config(args.src, args.out, overrides)
     print(f'{args.out}: {cfg.model.backbone.type} -> ConvNeXt-{args.arch} in {args.src}')
 
 

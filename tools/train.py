@@ -1,11 +1,16 @@
 """Train a detector or segmentor from a config (mmdet/mmseg command line).
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
-                          [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
+                          [--auto-scale-lr] [--no-data-check] [--cfg-options k=v ...]
+                          [--launcher pytorch]
 
-The config's ``default_scope`` ('mmdet' or 'mmseg') decides which library runs it.
+The config's ``default_scope`` ('mmdet' or 'mmseg') decides which library runs it. Before the
+run starts, the train and val data are checked (convnext_mm.utils.data_contents: annotation
+files, images, label maps, the heads' class counts); problems that would stop or corrupt
+training end the run here, naming file and value.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 
@@ -16,6 +21,7 @@ from mmengine.config import Config  # noqa: E402
 from convnext_mm.utils import (adapt_to_device, check_dataset_paths,  # noqa: E402
                                build_train_loop, load_tool_config, parse_tool_args,
                                resolve_resume, run_tool, use_safe_training_hooks)
+from convnext_mm.utils.data_contents import check_class_counts, check_dataset_contents  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,6 +34,9 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from CKPT, or without a value from the latest checkpoint '
                         'in the work dir')
+    parser.add_argument('--no-data-check', action='store_true',
+                        help='skip checking the data files before the run (for a data set '
+                        'checked before: the check reads every annotation and label map)')
     return parse_tool_args(parser, argv)
 
 
@@ -42,6 +51,11 @@ def build_config(args) -> Config:
         cfg.auto_scale_lr.enable = True
     resolve_resume(cfg, args.resume)
     check_dataset_paths(cfg, 'train')
+    if not args.no_data_check and int(os.environ.get('RANK', '0')) == 0:  # once per job
+        check_dataset_paths(cfg, 'val')
+        check_class_counts(cfg)
+        for split in ('train', 'val'):
+            check_dataset_contents(cfg, split)
     use_safe_training_hooks(cfg)
     adapt_to_device(cfg)
     return cfg

@@ -14,12 +14,16 @@ fcmae                   ConvNeXt-V2 FCMAE pre-training, sparse encoder:
 mmpretrain              ``stages.i.j.depthwise_conv`` / ``pointwise_conv1``
 timm                    ``stem.0``, ``stages.i.downsample``, ``blocks.j.conv_dw``
 torchvision             ``features.N...block.K``, ``layer_scale``
+transformers            Hugging Face ``ConvNext[V2]Model`` / ``...ForImageClassification``
+                        / ``...Backbone``: ``embeddings.patch_embeddings``,
+                        ``encoder.stages.i.layers.j``, ``convnext[v2].`` prefix
 ======================  =====================================================
 
 Classifier heads and the classifier's final norm are dropped, and so is the
 FCMAE decoder (``proj``, ``mask_token``, ``decoder.*``, ``pred``); the
 per-stage output norms ``norm0..3`` of the detection backbone start fresh
-unless the checkpoint is itself a detection/segmentation one.
+unless the checkpoint is itself a detection/segmentation one (or a transformers
+``Backbone``, whose ``hidden_states_norms`` they are).
 """
 import math
 import re
@@ -30,7 +34,7 @@ import torch
 from ..arch import ARCH_SETTINGS, NUM_STAGES
 from .io import CheckpointError
 
-LAYOUTS = ('official', 'fcmae', 'mmpretrain', 'timm', 'torchvision')
+LAYOUTS = ('official', 'fcmae', 'mmpretrain', 'timm', 'torchvision', 'transformers')
 
 # What the FCMAE pre-training model (official models/fcmae.py) holds besides its encoder.
 _FCMAE_DECODER = re.compile(r'^(proj|mask_token|decoder|pred)(\.|$)')
@@ -72,7 +76,24 @@ _RENAMES: Dict[str, List[Tuple[str, object]]] = {
         (r'^features\.([1357])\.(\d+)\.layer_scale$',
          lambda m: f'stages.{int(m[1]) // 2}.{m[2]}.gamma'),
     ],
+    # after the classification model's ``convnext.`` / ``convnextv2.`` prefix is removed
+    'transformers': [
+        (r'^(classifier|layernorm)\.', None),
+        (r'^embeddings\.patch_embeddings\.', 'downsample_layers.0.0.'),
+        (r'^embeddings\.layernorm\.', 'downsample_layers.0.1.'),
+        (r'^encoder\.stages\.(\d)\.downsampling_layer\.(\d)\.', r'downsample_layers.\1.\2.'),
+        (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.layernorm\.', r'stages.\1.\2.norm.'),
+        (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.layer_scale_parameter$', r'stages.\1.\2.gamma'),
+        (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.grn\.weight$', r'stages.\1.\2.grn.gamma'),
+        (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.grn\.bias$', r'stages.\1.\2.grn.beta'),
+        (r'^encoder\.stages\.(\d)\.layers\.(\d+)\.(dwconv|pwconv1|pwconv2)\.',
+         r'stages.\1.\2.\3.'),
+        (r'^hidden_states_norms\.stage(\d)\.', lambda m: f'norm{int(m[1]) - 1}.'),
+    ],
 }
+# The transformers classification models keep the backbone under their base_model_prefix.
+_TRANSFORMERS_PREFIX = re.compile(r'^convnext(v2)?\.')
+_TRANSFORMERS_STEM = re.compile(r'^(convnext(v2)?\.)?embeddings\.patch_embeddings\.')
 
 
 def unwrap_state_dict(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
@@ -106,6 +127,8 @@ def detect_layout(keys) -> str:
         return 'fcmae'
     if has(r'^features\.\d+\.\d+\.block\.'):
         return 'torchvision'
+    if any(_TRANSFORMERS_STEM.match(k) for k in keys):
+        return 'transformers'
     if has(r'^stem\.0\.') and has(r'^stages\.\d+\.blocks\.\d+\.conv_dw\.'):
         return 'timm'
     if has(r'^stages\.\d+\.\d+\.depthwise_conv\.'):
@@ -190,10 +213,14 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
     Returns the converted state dict and a description of the source format.
     """
     tensors, container = unwrap_state_dict(checkpoint)
-    tensors, dropped = _split_fcmae_decoder(tensors)
+    dropped = ''
+    if not any(_TRANSFORMERS_STEM.match(k) for k in tensors):  # their encoder. is no FCMAE's
+        tensors, dropped = _split_fcmae_decoder(tensors)
     layout = detect_layout(tensors)
     if layout == 'fcmae':
         tensors = fcmae_encoder_to_official(tensors)
+    if layout == 'transformers':
+        tensors = {_TRANSFORMERS_PREFIX.sub('', k): v for k, v in tensors.items()}
     is_classifier = 'norm0.weight' not in tensors and layout in ('official', 'mmpretrain')
     converted = {}
     for key, value in tensors.items():

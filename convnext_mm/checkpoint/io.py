@@ -3,7 +3,12 @@
 ``.pth``/``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``,
 PyTorch's restricted unpickler; ``.safetensors`` files hold only tensors.
 There is no fallback to the unrestricted unpickler.
+
+A checkpoint is a file, an http(s) URL, a Hugging Face hub id (``hf-hub:owner/name``,
+``convnext_mm.checkpoint.hub``), a folder written by transformers' ``save_pretrained``, or
+the index (``*.index.json``) of a sharded one.
 """
+import json
 import os
 import os.path as osp
 import zipfile
@@ -12,6 +17,10 @@ from typing import Any, Dict
 import torch
 
 SAFETENSORS_SUFFIX = '.safetensors'
+SHARD_INDEX_SUFFIX = '.index.json'
+# What transformers' save_pretrained writes, in the order it prefers them.
+PRETRAINED_FOLDER_FILES = ('model.safetensors', 'model.safetensors.index.json',
+                           'pytorch_model.bin', 'pytorch_model.bin.index.json')
 
 
 class CheckpointError(RuntimeError):
@@ -23,6 +32,9 @@ def resolve_checkpoint_path(path_or_url: str) -> str:
     if not isinstance(path_or_url, (str, os.PathLike)):
         raise TypeError(f'checkpoint must be a path or URL string, got {path_or_url!r}')
     path_or_url = str(path_or_url)
+    from .hub import HF_HUB_PREFIX, download_from_hub
+    if path_or_url.startswith(HF_HUB_PREFIX):
+        return download_from_hub(path_or_url)
     if path_or_url.startswith(('http://', 'https://')):
         cache_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
         os.makedirs(cache_dir, exist_ok=True)
@@ -30,9 +42,43 @@ def resolve_checkpoint_path(path_or_url: str) -> str:
         if not osp.isfile(local):
             torch.hub.download_url_to_file(path_or_url, local, progress=True)
         return local
+    if osp.isdir(path_or_url):
+        return weights_in_folder(path_or_url)
     if not osp.isfile(path_or_url):
         raise FileNotFoundError(f'Checkpoint file not found: {path_or_url!r}')
     return path_or_url
+
+
+def weights_in_folder(folder: str) -> str:
+    """The weights file of a folder written by transformers' ``save_pretrained``."""
+    for name in PRETRAINED_FOLDER_FILES:
+        if osp.isfile(osp.join(folder, name)):
+            return osp.join(folder, name)
+    raise FileNotFoundError(f'Checkpoint folder {folder!r} holds none of the weight files '
+                            f'{PRETRAINED_FOLDER_FILES} (transformers\' save_pretrained layout); '
+                            f'give the file itself')
+
+
+def _load_shards(index_path: str, map_location) -> Dict[str, Any]:
+    """The tensors of a sharded checkpoint: each shard its index names, merged."""
+    try:
+        with open(index_path) as f:
+            weight_map = json.load(f)['weight_map']
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f'{index_path!r} is not a shard index (a JSON file with a '
+                              f'"weight_map"): {e}') from e
+    folder, tensors = osp.dirname(index_path), {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = osp.join(folder, shard)
+        if not osp.isfile(shard_path):
+            raise FileNotFoundError(f'Shard {shard!r} named by {index_path!r} not found: '
+                                    f'{shard_path!r}')
+        tensors.update(load_checkpoint_file(shard_path, map_location))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise CheckpointError(f'{index_path!r}: {len(missing)} tensors of its weight_map are in '
+                              f'no shard (first: {missing[0]!r})')
+    return tensors
 
 
 def check_checkpoint_file(path: str, what: str = 'Checkpoint') -> None:
@@ -64,6 +110,8 @@ def check_checkpoint_file(path: str, what: str = 'Checkpoint') -> None:
 def load_checkpoint_file(path_or_url: str, map_location='cpu') -> Dict[str, Any]:
     """Load a checkpoint as plain containers and tensors, refusing anything else."""
     path = resolve_checkpoint_path(path_or_url)
+    if path.endswith(SHARD_INDEX_SUFFIX):
+        return _load_shards(path, map_location)
     if path.endswith(SAFETENSORS_SUFFIX):
         from safetensors.torch import load_file
         try:

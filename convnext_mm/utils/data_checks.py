@@ -3,13 +3,13 @@ import os.path as osp
 from typing import Iterator, Tuple
 
 
-def _datasets(cfg: dict, where: str) -> Iterator[Tuple[dict, str]]:
+def leaf_datasets(cfg: dict, where: str) -> Iterator[Tuple[dict, str]]:
     """Each leaf dataset config under ``cfg`` (through RepeatDataset/ConcatDataset wrappers)."""
     if 'dataset' in cfg:
-        yield from _datasets(cfg['dataset'], f'{where}.dataset')
+        yield from leaf_datasets(cfg['dataset'], f'{where}.dataset')
     elif 'datasets' in cfg:
         for i, dataset in enumerate(cfg['datasets']):
-            yield from _datasets(dataset, f'{where}.datasets[{i}]')
+            yield from leaf_datasets(dataset, f'{where}.datasets[{i}]')
     else:
         yield cfg, where
 
@@ -28,7 +28,7 @@ def check_dataset_paths(cfg, split: str) -> None:
     if not loader or 'dataset' not in loader:
         return
     hint = 'make the toy data with tools/make_toy_data.py, or see the README for the data layout'
-    for dataset, where in _datasets(loader, f'{split}_dataloader'):
+    for dataset, where in leaf_datasets(loader, f'{split}_dataloader'):
         data_root = dataset.get('data_root') or ''
         if dataset.get('backend_args') or '://' in data_root:
             continue  # remote storage (petrel, s3, http): the file back end checks it
@@ -82,7 +82,7 @@ def _has_usable_sample(dataset) -> bool:
 
 def _empty_train_set_message(cfg) -> str:
     anns = [_join(d.get('data_root') or '', d.get('ann_file') or '')
-            for d, _ in _datasets(cfg.train_dataloader, 'train_dataloader')]
+            for d, _ in leaf_datasets(cfg.train_dataloader, 'train_dataloader')]
     return (f'The training set has no usable sample (annotation file(s): {anns}). The file lists '
             f'no image, or every image lacks a usable annotation: detection datasets drop images '
             f'whose objects are all crowd (iscrowd=1) or missing when '
