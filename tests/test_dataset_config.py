@@ -266,14 +266,16 @@ def test_dataset_tool_check_exits_1_naming_the_bad_label_map(tmp_path):
             shutil.copy(labels, root / 'ann_dir' / split)
     Image.fromarray(np.full((20, 30), 5, np.uint8)).save(root / 'ann_dir' / 'val' / '1.png')
     out = tmp_path / 'mine.py'
+    (tmp_path / 'classes.txt').write_text('a\nb\n\nc\n')
     tool = load_tool('dataset_config')
     with pytest.raises(SystemExit, match=r'The val data has 1 problem\(s\) .*\nerror: '
                        r'val_dataloader.dataset \(.*ann_dir/val\): 1 label maps holding values '
                        r'that '
                        r'are no class \(>= num_classes=3\) and not the ignore index 255: '
                        r'.*ann_dir/val/1.png: values \[5\]'):
-        tool.main([SEG_DEMO, '--data-root', str(root), '--out', str(out), '--classes', 'a', 'b',
-                   'c', '--check'])
+        tool.main([SEG_DEMO, '--data-root', str(root), '--out', str(out), '--classes-file',
+                   str(tmp_path / 'classes.txt'), '--check'])
     cfg = Config.fromfile(str(out))  # written before the check
+    assert cfg.train_dataloader.dataset.metainfo.classes == ('a', 'b', 'c')
     with pytest.raises(DataCheckError):
         check_dataset_contents(cfg, 'val')
