@@ -229,3 +229,22 @@ def test_swap_tool_refuses_a_config_that_would_not_run(tmp_path, monkeypatch):
         tool.main(['mmseg::ocrnet/ocrnet_hr18_4xb2-40k_cityscapes-512x1024.py', 'atto',
                    str(out)])
     assert not out.exists()
+
+
+def test_a_model_needing_a_missing_package_is_written_with_a_warning(monkeypatch):
+    """PAA's loss imports scikit-learn: where it is not installed the swap cannot be run, which
+    is no fault of the swap."""
+    import convnext_mm.backbone_swap as backbone_swap
+
+    def needs_sklearn(cfg):
+        raise ImportError('Please run "pip install sklearn" to install sklearn first.')
+    monkeypatch.setattr(backbone_swap, 'run_swapped_model', needs_sklearn)
+    cfg = use_convnext(installed_config('mmdet', 'paa/paa_r50_fpn_1x_coco.py'), 'atto')
+    assert backbone_swap.check_swapped_model(cfg) is False
+
+    def wrong_channels(cfg):
+        raise RuntimeError('expected input to have 270 channels')
+    monkeypatch.setattr(backbone_swap, 'run_swapped_model', wrong_channels)
+    with pytest.raises(ValueError, match=r'does not run: RuntimeError: expected input to have 270 '
+                       r'channels \(--no-check writes it all the same\)'):
+        backbone_swap.check_swapped_model(cfg)
