@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # run) stay together.
 PYTEST_WORKERS ?= 2
 
-.PHONY: env test demo demo-det demo-seg clean-env
+.PHONY: env test test-gpu demo demo-det demo-seg clean-env
 
 env: $(ENV_STAMP)
 
@@ -17,6 +17,10 @@ $(ENV_STAMP): tools/setup_env.sh requirements/env.txt setup.py
 
 test: $(ENV_STAMP)
 	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: the GPU tests alone (a few minutes).
+test-gpu: $(ENV_STAMP)
+	$(PYTHON) -m pytest tests/test_cuda.py -v $(PYTEST_ARGS)
 
 DEMO_DET := configs/demo/cascade_convnext_demo.py
 DEMO_DET_DIR := work_dirs/demo_det

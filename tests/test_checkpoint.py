@@ -330,3 +330,76 @@ def test_convert_checkpoint_tool(tmp_path, dst_suffix):
         assert all(k.startswith('backbone.') for k in keys)
     bad = run_tool(['tools/convert_checkpoint.py', src, str(tmp_path / 'x.ckpt')], returncode=1)
     assert "x.ckpt" in bad
+
+
+@pytest.fixture
+def checkpoint_server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving ``tmp_path/served``: ``/cut/NAME`` announces NAME's
+    full size and sends half of it; every request is counted by path."""
+    import http.server
+    import threading
+    served = tmp_path / 'served'
+    served.mkdir()
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            cut = self.path.startswith('/cut/')
+            path = served / self.path.split('/')[-1]
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2] if cut else data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hub_dir = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'torch_hub'))
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}', served, requests
+    finally:
+        torch.hub.set_dir(hub_dir)
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_checkpoint_is_downloaded_once_into_the_cache(checkpoint_server, tmp_path):
+    url, served, requests = checkpoint_server
+    source = randomize_(ConvNeXt('atto')).eval()
+    save(official_classifier(source.state_dict(), 320), str(served / 'atto.pth'))
+    cache = tmp_path / 'torch_hub' / 'checkpoints'
+    for _ in range(2):
+        model = ConvNeXt('atto', init_cfg=dict(type='Pretrained', checkpoint=f'{url}/atto.pth'))
+        model.init_weights()
+        torch.testing.assert_close(model.stages[3][1].pwconv2.weight,
+                                   source.stages[3][1].pwconv2.weight, rtol=0, atol=0)
+    assert requests == ['/atto.pth'] and os.listdir(cache) == ['atto.pth']
+
+
+def test_url_cut_short_or_not_a_checkpoint_is_refused_and_not_cached(checkpoint_server, tmp_path):
+    url, served, requests = checkpoint_server
+    save({'model': ConvNeXt('atto').state_dict()}, str(served / 'atto.pth'))
+    (served / 'page.pth').write_text('<html>404 - the file moved</html>')
+    cache = tmp_path / 'torch_hub' / 'checkpoints'
+    with pytest.raises(CheckpointError, match=rf"The download of '{url}/cut/atto.pth' was cut "
+                       r'short: \d+ of \d+ bytes; nothing was cached'):
+        ConvNeXt('atto', init_cfg=dict(type='Pretrained',
+                                       checkpoint=f'{url}/cut/atto.pth')).init_weights()
+    with pytest.raises(CheckpointError, match=rf"(?s)'{url}/page.pth' is not a checkpoint this "
+                       r'project reads: .*nothing was cached'):
+        ConvNeXt('atto', init_cfg=dict(type='Pretrained',
+                                       checkpoint=f'{url}/page.pth')).init_weights()
+    with pytest.raises(CheckpointError, match=rf"Cannot download '{url}/missing.pth': HTTP "
+                       r'Error 404'):
+        ConvNeXt('atto', init_cfg=dict(type='Pretrained',
+                                       checkpoint=f'{url}/missing.pth')).init_weights()
+    assert os.listdir(cache) == []  # nothing half-written stays

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 from conftest import (FIVE_CLASSES, NO_VALIDATION, ROOT, assert_logged_lr,
-                      assert_v1_recipe_with_v2_block, assert_v2_backbone_is_timms, coco_options,
-                      count_parameters, installed_config, load_tool, randomize_, run_dist_train,
+                      assert_v1_recipe_with_v2_block, assert_v2_backbone_is_timms,
+                      count_parameters, installed_config, load_tool, randomize_,
                       without_scope)
 from conftest import run_tool as run
 from mmengine.config import Config
@@ -329,17 +329,6 @@ def check_infer_tool(config, checkpoint, toy_coco, tmp_path):
                        r"demo.py' does not fit the model: .*24 not in the model "
                        r'\(first: backbone.stages.0.0.grn'):
         load_tool('infer').build_inferencer(load_model_config(DEMO), checkpoint, 'cpu')
-
-
-def test_two_process_distributed_training_on_cpu(toy_coco, tmp_path):
-    work = str(tmp_path / 'dist')
-    log = run_dist_train(DEMO, work, coco_options(toy_coco, **{'train_cfg.max_epochs': 1,
-                                                               **NO_VALIDATION}),
-                         port=29612)
-    # 8 images over 2 ranks x 2 images: both ranks train 2 iterations each.
-    assert 'Epoch(train) [1][2/2]' in log
-    assert sorted(os.listdir(work)).count('epoch_1.pth') == 1
-    assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['epoch_1.pth']
 
 
 def test_tools_format_the_config_text_once_per_distinct_config():

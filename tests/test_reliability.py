@@ -295,4 +295,7 @@ def test_one_failing_rank_ends_the_whole_job_quickly(toy_coco, tmp_path):
     log = out.stdout + out.stderr
     assert out.returncode != 0
     assert 'injected fault on rank 1 at iteration 2' in log, log[-3000:]
+    # the two gloo ranks trained the Cascade demo under DDP until then (8 images, 2 x 2 a step)
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert 'Epoch(train) [1][1/2]' in log, log[-3000:]
     assert elapsed < 180, f'the job took {elapsed:.0f} s to end after one rank failed'

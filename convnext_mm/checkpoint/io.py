@@ -40,13 +40,47 @@ def resolve_checkpoint_path(path_or_url: str) -> str:
         os.makedirs(cache_dir, exist_ok=True)
         local = osp.join(cache_dir, osp.basename(path_or_url.split('?')[0]))
         if not osp.isfile(local):
-            torch.hub.download_url_to_file(path_or_url, local, progress=True)
+            download_checkpoint(path_or_url, local)
         return local
     if osp.isdir(path_or_url):
         return weights_in_folder(path_or_url)
     if not osp.isfile(path_or_url):
         raise FileNotFoundError(f'Checkpoint file not found: {path_or_url!r}')
     return path_or_url
+
+
+def download_checkpoint(url: str, path: str) -> None:
+    """Download ``url`` to ``path``, which is written only once the whole file has arrived and
+    reads as a checkpoint: a download cut short or a page that is no checkpoint raises
+    ``CheckpointError`` naming the URL, and leaves nothing at ``path`` to be read later."""
+    import http.client
+    import shutil
+    import urllib.request
+    root, suffix = osp.splitext(path)
+    tmp = f'{root}.partial-{os.getpid()}{suffix}'  # the suffix says how it is read
+    expected = None
+    try:
+        try:
+            with urllib.request.urlopen(url) as response, open(tmp, 'wb') as f:
+                expected = response.headers.get('Content-Length')
+                shutil.copyfileobj(response, f, 1 << 20)
+        except http.client.IncompleteRead:
+            pass  # the size check below names it
+        except (OSError, http.client.HTTPException) as e:  # URLError, HTTPError, resets
+            raise CheckpointError(f'Cannot download {url!r}: {e}; nothing was cached') from e
+        got = osp.getsize(tmp)
+        if expected is not None and got != int(expected):
+            raise CheckpointError(f'The download of {url!r} was cut short: {got} of {expected} '
+                                  f'bytes; nothing was cached')
+        try:
+            load_checkpoint_file(tmp)
+        except (CheckpointError, OSError) as e:
+            raise CheckpointError(f'{url!r} is not a checkpoint this project reads: {e}; '
+                                  f'nothing was cached') from e
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
 
 
 def weights_in_folder(folder: str) -> str:
