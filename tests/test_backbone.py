@@ -452,13 +452,25 @@ def test_parameter_names_are_the_official_layout():
     assert_matches_reference(ours, reference_outs, x)
 
 
-def test_tiny_parameter_count_matches_timm_body():
-    ours = sum(p.numel() for p in ConvNeXt('tiny').parameters())
-    reference = timm.create_model('convnext_tiny', pretrained=False)
-    body = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith('head'))
-    stage_norms = 2 * sum([96, 192, 384, 768])
-    assert ours == body + stage_norms
-    assert abs(ours - 27.8e6) < 0.1e6
+@pytest.mark.parametrize('arch', list(ConvNeXt.arch_settings))
+def test_every_arch_has_timms_parameter_count(arch):
+    """Each arch, with the V1 and the V2 block, has the parameters of timm's convnext_<arch> /
+    convnextv2_<arch> (those timm defines; built on the meta device) without the classifier
+    head, plus the four per-stage output norms: an outside check of the arch table."""
+    counts = {}
+    for use_grn, prefix in ((False, 'convnext'), (True, 'convnextv2')):
+        name = f'{prefix}_{arch}'
+        if name not in timm.list_models(name):
+            continue
+        with torch.device('meta'):
+            reference = timm.create_model(name)
+            ours = ConvNeXt(arch, use_grn=use_grn)
+        body = sum(p.numel() for n, p in reference.named_parameters() if not n.startswith('head'))
+        counts[name] = sum(p.numel() for p in ours.parameters())
+        assert counts[name] == body + 2 * sum(ours.out_channels), name
+    assert counts, f'timm has no convnext_{arch} nor convnextv2_{arch}'
+    if arch == 'tiny':
+        assert abs(counts['convnext_tiny'] - 27.8e6) < 0.1e6  # the paper's 28 M
 
 
 @pytest.mark.parametrize('arch', list(ConvNeXt.arch_settings))
@@ -584,15 +596,19 @@ def test_outputs_are_contiguous_nchw(memory_format, with_cp):
     assert all(out.is_contiguous() for out in outs)
 
 
-def test_layernorm_in_fp32_under_half_precision():
+def test_layernorm_is_accurate_in_half_precision():
+    """On bf16 input with a large mean the statistics must not be taken in bf16 (PyTorch's
+    kernels accumulate in fp32; a LayerNorm written out in bf16 would be far off)."""
     from convnext_mm.models.backbones.layers import LayerNorm2d
     norm = LayerNorm2d(64, eps=1e-6)
-    # A large mean: the variance computed in bf16 would be far off.
     x = (100 + torch.randn(2, 64, 8, 8)).bfloat16()
     expected = layer_norm_nchw(x.float(), norm)
     out = norm(x)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), expected, rtol=0.01, atol=0.01)
+    mean = x.mean(1, keepdim=True)  # the same written out in bf16: what the test rules out
+    in_bf16 = (x - mean) / ((x - mean).square().mean(1, keepdim=True) + 1e-6).sqrt()
+    assert (in_bf16.float() - expected).abs().max() > 0.05
     model = randomize_(ConvNeXt('atto')).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):

@@ -40,7 +40,9 @@ def test_stack_imports():
     import mmdet
     import mmseg
     import timm  # noqa: F401
-    assert mmcv.__version__ < '2.2.0' and mmdet.__version__.startswith('3.')
+    from packaging.version import Version
+    assert Version(mmcv.__version__) < Version('2.2.0')  # as a version: '2.10.0' is later
+    assert mmdet.__version__.startswith('3.')
     assert mmseg.__version__.startswith('1.')
 
 

@@ -9,19 +9,14 @@ class LayerNorm2d(nn.LayerNorm):
 
     The tensor is viewed as NHWC (a permute, no copy for channels_last input) so that
     PyTorch's fused ``layer_norm`` does the work. Under autocast ``layer_norm`` runs in fp32
-    and returns fp32, as in the reference code; a model cast to half precision (no autocast)
-    normalises in fp32 too and casts the result back.
+    and returns fp32, as in the reference code; on half-precision tensors PyTorch's kernels
+    accumulate its statistics in fp32.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        if x.dtype in (torch.float16, torch.bfloat16) and not torch.is_autocast_enabled(
-                x.device.type):
-            y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
-                             self.bias.float(), self.eps).to(x.dtype)
-        else:
-            y = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class GRN(nn.Module):
