@@ -16,7 +16,7 @@ $(ENV_STAMP): tools/setup_env.sh requirements/env.txt setup.py
 	touch $@
 
 test: $(ENV_STAMP)
-	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 # On a machine with a CUDA GPU: the GPU tests alone (a few minutes).
 test-gpu: $(ENV_STAMP)
@@ -30,7 +30,10 @@ NO_VAL := --cfg-options val_cfg=None val_dataloader=None val_evaluator=None
 
 # Each demo trains without validation; its test step evaluates once and draws pictures; then
 # the curves of the run, and tools/infer.py on a few images.
+# Both demos, then their figures against floors (tests/test_demo_figures.py): a demo that no
+# longer learns fails here.
 demo: demo-det demo-seg
+	$(PYTHON) -m pytest tests/test_demo_figures.py -m slow -q
 
 demo-det: $(ENV_STAMP)
 	$(PYTHON) tools/collect_env.py

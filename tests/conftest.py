@@ -23,6 +23,10 @@ if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: needs the demos\' work dirs (run by `make demo`)')
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -187,3 +187,22 @@ def test_infer_tool_refuses_bad_arguments_before_loading_the_model(toy_coco, tmp
         with pytest.raises(ValueError, match=r'--device cuda:1: no CUDA device on this machine'):
             infer('--device', 'cuda:1')
     assert not out.exists()
+
+
+def test_amp_and_auto_scale_lr_flags(train_tool, toy_copy, tmp_path, monkeypatch):
+    """--auto-scale-lr turns on mmengine's scaling by the config's base batch size; --amp makes
+    any config train under AmpOptimWrapper with a dynamic loss scale where CUDA is (on the CPU
+    adapt_to_device turns it back to fp32, saying so)."""
+    work = tmp_path / 'work'
+    plain = {'optim_wrapper.type': 'OptimWrapper'}
+    cfg = build_train_config(train_tool, toy_copy, work, '--auto-scale-lr', **plain)
+    assert cfg.auto_scale_lr == dict(base_batch_size=2, enable=True)
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert not build_train_config(train_tool, toy_copy, work, **plain).auto_scale_lr.get('enable')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = build_train_config(train_tool, toy_copy, work, '--amp', **plain)
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.loss_scale) == ('AmpOptimWrapper',
+                                                                      'dynamic')
+    with pytest.raises(KeyError, match='--auto-scale-lr needs auto_scale_lr.base_batch_size'):
+        build_train_config(train_tool, toy_copy, work, '--auto-scale-lr',
+                           **{'auto_scale_lr': None})

@@ -1,4 +1,5 @@
 """Checkpoint formats: round trips through init_cfg, the converter, and clear errors."""
+import ast
 import os
 import re
 
@@ -403,3 +404,36 @@ def test_url_cut_short_or_not_a_checkpoint_is_refused_and_not_cached(checkpoint_
         ConvNeXt('atto', init_cfg=dict(type='Pretrained',
                                        checkpoint=f'{url}/missing.pth')).init_weights()
     assert os.listdir(cache) == []  # nothing half-written stays
+
+
+def test_the_log_names_what_was_dropped_and_what_is_missing(tmp_path):
+    """Loading is not strict: the log is the only sign of a partial load. A classifier
+    checkpoint without its last block: the head and final norm are named as dropped, the last
+    block's tensors as kept at their init."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    model_sd = ConvNeXt('atto').state_dict()
+    partial = {k: v for k, v in model_sd.items() if not k.startswith('stages.3.1.')}
+    path = save(official_classifier(partial, 320), str(tmp_path / 'partial.pth'))
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model = ConvNeXt('atto', init_cfg=dict(type='Pretrained', checkpoint=path))
+        with pytest.raises(CheckpointError, match=r'stage depths \[2, 2, 6, 1\] vs \[2, 2, 6, 2\]'):
+            model.init_weights()  # a missing block changes the depth: refused
+        partial.update({k: v for k, v in model_sd.items() if k.startswith('stages.3.1.dwconv')})
+        save(official_classifier(partial, 320), path)
+        model.init_weights()
+    finally:
+        logger.removeHandler(handler)
+    log = '\n'.join(records)
+    assert "dropped (no part of the backbone): ['head.bias', 'head.weight', 'norm.bias', " \
+        "'norm.weight']" in log
+    missing = re.search(r'not in the checkpoint \(kept at their init\): (\[.*\])', log)[1]
+    assert set(ast.literal_eval(missing)) == {k for k in model_sd if k.startswith('stages.3.1.') and
+                                  'dwconv' not in k} | {f'norm{i}.{p}' for i in range(4)
+                                                         for p in ('weight', 'bias')}

@@ -120,10 +120,25 @@ def test_upernet_tiny_exports_logits_equal_to_mmsegs_at_unseen_sizes(upernet_tin
 def test_detector_first_stage_with_the_v2_block_exports_with_dynamic_size(tmp_path):
     """Backbone (ConvNeXt V2 blocks), FPN and RPN head of the demo Cascade Mask R-CNN as one
     graph (the RoI heads stay out: docs/export.md); GRN's L2 norm over H and W is one ReduceL2
-    (fp16 engines accumulate it safely), not a pow / sum / sqrt chain."""
+    (fp16 engines accumulate it safely), not a pow / sum / sqrt chain. GRN's weights are drawn
+    at random (fresh ones are zero, which makes GRN the identity whatever its axes)."""
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(DEMO_DET)
+    cfg.model.backbone.use_grn = True
+    detector = MODELS.build(cfg.model)
+    detector.init_weights()
+    with torch.no_grad():
+        for module in detector.backbone.modules():
+            if type(module).__name__ == 'GRN':
+                module.gamma.normal_(0, 0.5)
+                module.beta.normal_(0, 0.1)
+    checkpoint = str(tmp_path / 'v2_detector.pth')
+    torch.save({'state_dict': detector.state_dict()}, checkpoint)
     out = str(tmp_path / 'first_stage.onnx')
-    log = run(['tools/export_onnx.py', DEMO_DET, '--out', out, '--shape', '128', '128',
-               '--dynamic', '--cfg-options', 'model.backbone.use_grn=True'])
+    log = run(['tools/export_onnx.py', DEMO_DET, checkpoint, '--out', out, '--shape', '128',
+               '128', '--dynamic', '--cfg-options', 'model.backbone.use_grn=True'])
     assert max(reported_differences(log).values()) <= 1e-4
     counts = op_counts(out)
     backbone = ConvNeXt('atto', use_grn=True)

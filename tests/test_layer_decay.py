@@ -128,7 +128,8 @@ class TinyMask2Former(TinyDetector):
 def test_custom_keys_and_decay_mults_compose_with_the_layer_decay():
     """mmdet's Mask2Former paramwise_cfg (backbone lr x0.1, no weight decay on embeddings and
     norms) with layer decay on: lr = base lr x layer-decay scale (mmdet's own constructor) x
-    lr_mult; weight decay = base x the norm / bias / official rule x decay_mult."""
+    lr_mult (x bias_lr_mult for biases outside norms, as mmengine's constructor); weight decay =
+    base x the norm / bias / official rule x decay_mult."""
     upstream_cls = pytest.importorskip('mmdet.engine.optimizers').\
         LearningRateDecayOptimizerConstructor
     model = TinyMask2Former()
@@ -136,26 +137,31 @@ def test_custom_keys_and_decay_mults_compose_with_the_layer_decay():
     custom_keys = {'backbone': dict(lr_mult=0.1, decay_mult=1.0), 'query_embed': embedding,
                    'level_embed': embedding}
     table = per_param(build(model, decay_rate=0.7, custom_keys=custom_keys, norm_decay_mult=0.0,
-                            bias_decay_mult=0.5), model)
+                            bias_decay_mult=0.5, bias_lr_mult=2.0), model)
     layer_decay = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6)
     upstream = per_param(upstream_cls(dict(type='OptimWrapper', optimizer=OPTIMIZER),
                                       layer_decay)(model), model)
     assert table.keys() == upstream.keys() == dict(model.named_parameters()).keys()
+    modules = dict(model.named_modules())
     for name, (lr, _) in table.items():
         lr_mult = 0.1 if name.startswith('backbone.') else 1.0
+        owner = modules[name.rsplit('.', 1)[0]]
+        if name.endswith('.bias') and not isinstance(owner, (torch.nn.LayerNorm,
+                                                             torch.nn.GroupNorm)):
+            lr_mult *= 2.0  # bias_lr_mult
         assert lr == pytest.approx(upstream[name][0] * lr_mult, rel=1e-12), name
     lr, wd = 2e-4, 0.05
     by_hand = {  # name: (lr, weight decay)
         'backbone.downsample_layers.0.0.weight': (lr * 0.7**7 * 0.1, wd),  # stem conv
-        'backbone.downsample_layers.0.0.bias': (lr * 0.7**7 * 0.1, wd * 0.5),
+        'backbone.downsample_layers.0.0.bias': (lr * 0.7**7 * 0.1 * 2, wd * 0.5),
         'backbone.downsample_layers.0.1.weight': (lr * 0.7**7 * 0.1, 0.),  # stem LayerNorm
         'backbone.stages.2.3.pwconv1.weight': (lr * 0.7**3 * 0.1, wd),  # layer 3 + 3 // 3
-        'backbone.stages.2.3.pwconv1.bias': (lr * 0.7**3 * 0.1, wd * 0.5),
+        'backbone.stages.2.3.pwconv1.bias': (lr * 0.7**3 * 0.1 * 2, wd * 0.5),
         'backbone.stages.2.3.gamma': (lr * 0.7**3 * 0.1, 0.),  # 1-D: no decay
         'backbone.norm3.weight': (lr * 0.1, 0.),
         'query_embed.weight': (lr, 0.), 'level_embed.weight': (lr, 0.),
         'head.0.weight': (lr, 0.), 'head.0.bias': (lr, 0.),  # norm_decay_mult 0
-        'head.1.weight': (lr, wd), 'head.1.bias': (lr, wd * 0.5), 'neck.weight': (lr, wd),
+        'head.1.weight': (lr, wd), 'head.1.bias': (lr * 2, wd * 0.5), 'neck.weight': (lr, wd),
     }
     for name, (want_lr, want_wd) in by_hand.items():
         assert table[name] == (pytest.approx(want_lr, rel=1e-12), pytest.approx(want_wd)), name

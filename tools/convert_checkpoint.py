@@ -18,7 +18,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from convnext_mm import ConvNeXt  # noqa: E402
 from convnext_mm.checkpoint import (describe_arch, load_checkpoint_file,  # noqa: E402
-                                    load_converted, save_checkpoint_file, to_convnext_mm)
+                                    load_converted, save_checkpoint_file)
+from convnext_mm.checkpoint.formats import convert_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -35,12 +36,13 @@ def main(argv=None):
     args = parse_args(argv)
     if not args.dst.endswith(('.pth', '.safetensors')):
         sys.exit(f'DST must end in .pth or .safetensors, got {args.dst!r}')
-    state_dict, source_format = to_convnext_mm(load_checkpoint_file(args.src))
+    state_dict, source_format, left_out = convert_checkpoint(load_checkpoint_file(args.src))
     depths, channels, arch_name = describe_arch(state_dict)
     use_grn = args.use_grn if args.use_grn is not None else any('.grn.' in k for k in state_dict)
     arch = args.arch or dict(depths=depths, channels=channels)
     # Raises if the converted weights do not fit the arch.
-    load_converted(ConvNeXt(arch, use_grn=use_grn), state_dict, args.src, source_format)
+    load_converted(ConvNeXt(arch, use_grn=use_grn), state_dict, args.src, source_format,
+                   left_out)
     if args.dst.endswith('.pth'):
         save_checkpoint_file({f'backbone.{k}': v for k, v in state_dict.items()}, args.dst)
     else:

@@ -212,6 +212,13 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
 
     Returns the converted state dict and a description of the source format.
     """
+    converted, source, _ = convert_checkpoint(checkpoint)
+    return converted, source
+
+
+def convert_checkpoint(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str, List[str]]:
+    """``to_convnext_mm`` that also returns the names of the tensors left out as no part of the
+    backbone (classifier heads and norms; the FCMAE decoder is named in the description)."""
     tensors, container = unwrap_state_dict(checkpoint)
     dropped = ''
     if not any(_TRANSFORMERS_STEM.match(k) for k in tensors):  # their encoder. is no FCMAE's
@@ -222,18 +229,18 @@ def to_convnext_mm(checkpoint: dict) -> Tuple[Dict[str, torch.Tensor], str]:
     if layout == 'transformers':
         tensors = {_TRANSFORMERS_PREFIX.sub('', k): v for k, v in tensors.items()}
     is_classifier = 'norm0.weight' not in tensors and layout in ('official', 'mmpretrain')
-    converted = {}
+    converted, left_out = {}, []
     for key, value in tensors.items():
         new_key = convnext_mm_key(key, 'official' if layout == 'fcmae' else layout)
-        if new_key is None:
+        # mmpretrain's classifier stores its final norm as norm3
+        if new_key is None or is_classifier and re.match(r'^norm\d\.', new_key):
+            left_out.append(key)
             continue
-        if is_classifier and re.match(r'^norm\d\.', new_key):
-            continue  # mmpretrain's classifier stores its final norm as norm3
         converted[new_key] = _reshape_to_layout(new_key, value)
     if not converted:
         raise CheckpointError(f'No backbone tensors left after converting the {layout} '
                               f'checkpoint ({container})')
-    return converted, f'{layout} ({container}{dropped})'
+    return converted, f'{layout} ({container}{dropped})', left_out
 
 
 def describe_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[List[int], List[int], str]:

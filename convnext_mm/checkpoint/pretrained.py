@@ -4,7 +4,7 @@ from typing import Optional
 import torch.nn as nn
 from mmengine.logging import MMLogger
 
-from .formats import describe_arch, to_convnext_mm
+from .formats import convert_checkpoint, describe_arch
 from .io import CheckpointError, load_checkpoint_file
 
 
@@ -21,15 +21,16 @@ def load_pretrained(model: nn.Module, checkpoint: str, prefix: Optional[str] = N
         raw = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
         if not raw:
             raise CheckpointError(f'No key of {checkpoint!r} starts with prefix {prefix!r}')
-    state_dict, source_format = to_convnext_mm(raw)
-    load_converted(model, state_dict, checkpoint, source_format)
+    state_dict, source_format, left_out = convert_checkpoint(raw)
+    load_converted(model, state_dict, checkpoint, source_format, left_out)
 
 
 def load_converted(model: nn.Module, state_dict: dict, checkpoint: str,
-                   source_format: str) -> None:
+                   source_format: str, left_out=()) -> None:
     """Load a state dict already in this project's layout, checking that it fits.
 
-    ``checkpoint`` and ``source_format`` name its origin in messages.
+    ``checkpoint`` and ``source_format`` name its origin in messages; ``left_out`` names the
+    checkpoint's tensors that the conversion dropped (logged).
     """
     logger = MMLogger.get_current_instance()
     depths, _, ckpt_arch = describe_arch(state_dict)
@@ -54,6 +55,8 @@ def load_converted(model: nn.Module, state_dict: dict, checkpoint: str,
 
     result = model.load_state_dict(state_dict, strict=False)
     logger.info(f'{where}: loaded {len(matched)}/{len(own)} backbone tensors')
+    if left_out:
+        logger.info(f'dropped (no part of the backbone): {sorted(left_out)}')
     if result.missing_keys:
         logger.info(f'not in the checkpoint (kept at their init): {result.missing_keys}')
     if result.unexpected_keys:
