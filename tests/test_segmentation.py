@@ -242,6 +242,19 @@ FOUR_CLASSES = ('sky', 'grass', 'ball', 'box')
 ADE20K_TO_FOUR = {3: 0, 10: 1, 120: 2, 42: 3}
 
 
+# Run before tools/test.py --tta: records (scale, flip) of every image the segmentor is given.
+COUNT_SEGMENTOR_VIEWS = """
+import atexit, json
+from mmseg.models.segmentors import EncoderDecoder
+views, test_step = [], EncoderDecoder.test_step
+def counted(self, data):
+    views.extend([round(float(s.scale_factor[0]), 2), bool(s.flip)] for s in data['data_samples'])
+    return test_step(self, data)
+EncoderDecoder.test_step = counted
+atexit.register(lambda: print('segmentor views:', json.dumps(views)))
+"""
+
+
 @pytest.fixture(scope='session')
 def toy_seg_4(toy_ade20k, tmp_path_factory):
     out = tmp_path_factory.mktemp('toy_seg_4')
@@ -291,8 +304,13 @@ def test_own_dataset_trains_tests_tta_infers_and_resumes(toy_seg_4, tmp_path):
                      toy_seg_4 + 'img_dir/val/', tmp_path)
 
     log = run(['tools/test.py', config, osp.join(work, 'iter_4.pth'), '--work-dir', work,
-               '--tta'] + short)
+               '--tta'] + short, setup=COUNT_SEGMENTOR_VIEWS)
     assert re.search(r'mIoU: \d', log)
+    views = json.loads(re.search(r'segmentor views: (\[.*\])', log)[1])
+    # each of the 3 val images at the 6 scales of the recipe's tta_pipeline, flipped and not
+    assert len(views) == 3 * 6 * 2
+    assert sorted(set(map(tuple, views))) == [(scale, flip) for scale in (
+        0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for flip in (False, True)]
 
     longer = cfg_options(toy_seg_4, **{'train_cfg.max_iters': 6, **NO_VALIDATION,
                                         'default_hooks.checkpoint.interval': 2, **v2})
