@@ -27,8 +27,7 @@ from mmengine.config import Config  # noqa: E402
 from convnext_mm.config_writer import resolve_config_path, write_inheriting_config  # noqa: E402
 from convnext_mm.dataset_config import (detection_dataset_changes, read_class_names,  # noqa: E402
                                         segmentation_dataset_changes)
-from convnext_mm.utils.data_contents import (DataCheckError, check_class_counts,  # noqa: E402
-                                             check_dataset_contents)
+from convnext_mm.utils.data_contents import DataCheckError, check_data  # noqa: E402
 
 # mmdet: annotation file, image folder; mmseg: label-map folder, image folder
 DEFAULT_FILES = {
@@ -107,11 +106,10 @@ def main(argv=None):
     print(f'{args.out}: {args.recipe} on {args.data_root} ({len(classes)} classes: '
           f'{", ".join(classes)})')
     if args.check:
+        splits = ('train', 'val') + (('test', ) if files['test'] != files['val'] else ())
         try:
-            check_class_counts(written)
-            for split in ('train', 'val') + (('test', ) if files['test'] != files['val'] else ()):
-                for report in check_dataset_contents(written, split):
-                    print(f'{report.source}: {len(report.problems) or "no"} problem(s)')
+            for report in check_data(written, splits):
+                print(f'{report.source}: {len(report.problems) or "no"} problem(s)')
         except DataCheckError as e:
             sys.exit(str(e))
 

@@ -21,7 +21,7 @@ from mmengine.config import Config  # noqa: E402
 from convnext_mm.utils import (adapt_to_device, check_dataset_paths,  # noqa: E402
                                build_train_loop, load_tool_config, parse_tool_args,
                                resolve_resume, run_tool, use_safe_training_hooks)
-from convnext_mm.utils.data_contents import check_class_counts, check_dataset_contents  # noqa: E402
+from convnext_mm.utils.data_contents import check_data  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -53,9 +53,7 @@ def build_config(args) -> Config:
     check_dataset_paths(cfg, 'train')
     if not args.no_data_check and int(os.environ.get('RANK', '0')) == 0:  # once per job
         check_dataset_paths(cfg, 'val')
-        check_class_counts(cfg)
-        for split in ('train', 'val'):
-            check_dataset_contents(cfg, split)
+        check_data(cfg)
     use_safe_training_hooks(cfg)
     adapt_to_device(cfg)
     return cfg

@@ -6,10 +6,9 @@ read. A repository of timm (``hf-hub:timm/convnextv2_base.fcmae``) or of transfo
 (``hf-hub:facebook/convnextv2-base-22k-224``) works alike: the first of transformers' weight
 files it holds is used, every shard of a sharded one fetched.
 """
-import json
 import os.path as osp
 
-from .io import PRETRAINED_FOLDER_FILES, SHARD_INDEX_SUFFIX, CheckpointError
+from .io import PRETRAINED_FOLDER_FILES, SHARD_INDEX_SUFFIX, CheckpointError, read_shard_index
 
 HF_HUB_PREFIX = 'hf-hub:'
 
@@ -48,9 +47,7 @@ def download_from_hub(ref: str) -> str:
         if path is None:
             continue
         if filename.endswith(SHARD_INDEX_SUFFIX):
-            with open(path) as f:
-                shards = sorted(set(json.load(f)['weight_map'].values()))
-            for shard in shards:
+            for shard in sorted(set(read_shard_index(path).values())):
                 if fetch(shard) is None:
                     raise CheckpointError(f'{ref!r}: shard {shard!r} named by {filename} is '
                                           f'neither in the repository nor in the cache')

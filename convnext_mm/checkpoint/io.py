@@ -93,14 +93,19 @@ def weights_in_folder(folder: str) -> str:
                             f'give the file itself')
 
 
-def _load_shards(index_path: str, map_location) -> Dict[str, Any]:
-    """The tensors of a sharded checkpoint: each shard its index names, merged."""
+def read_shard_index(index_path: str) -> Dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file) of a sharded checkpoint's index."""
     try:
         with open(index_path) as f:
-            weight_map = json.load(f)['weight_map']
+            return dict(json.load(f)['weight_map'])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f'{index_path!r} is not a shard index (a JSON file with a '
                               f'"weight_map"): {e}') from e
+
+
+def _load_shards(index_path: str, map_location) -> Dict[str, Any]:
+    """The tensors of a sharded checkpoint: each shard its index names, merged."""
+    weight_map = read_shard_index(index_path)
     folder, tensors = osp.dirname(index_path), {}
     for shard in sorted(set(weight_map.values())):
         shard_path = osp.join(folder, shard)

@@ -49,15 +49,15 @@ class DataReport:
     def fatal(self) -> List[DataProblem]:
         return [p for p in self.problems if p.fatal]
 
+    def line(self, problem: DataProblem) -> str:
+        shown = '; '.join(problem.examples[:EXAMPLES_SHOWN])
+        more = f'; ... ({len(problem.examples) - EXAMPLES_SHOWN} more)' \
+            if len(problem.examples) > EXAMPLES_SHOWN else ''
+        return (f'{"error" if problem.fatal else "warning"}: {self.source}: '
+                f'{len(problem.examples)} {problem.what}: {shown}{more}')
+
     def lines(self) -> List[str]:
-        lines = []
-        for problem in self.problems:
-            shown = '; '.join(problem.examples[:EXAMPLES_SHOWN])
-            more = f'; ... ({len(problem.examples) - EXAMPLES_SHOWN} more)' \
-                if len(problem.examples) > EXAMPLES_SHOWN else ''
-            lines.append(f'{"error" if problem.fatal else "warning"}: {self.source}: '
-                         f'{len(problem.examples)} {problem.what}: {shown}{more}')
-        return lines
+        return [self.line(problem) for problem in self.problems]
 
 
 def check_coco_annotations(ann_file: str, img_dir: str,
@@ -225,15 +225,23 @@ def check_dataset_contents(cfg, split: str, workers: Optional[int] = None) -> Li
                 pairs, len(_config_classes(dataset)), dataset.ignore_index,
                 dataset.reduce_zero_label, f'{where} ({dataset.data_prefix.get("seg_map_path")})',
                 workers, dataset.metainfo.get('label_map')))
-    errors = [line for report in reports for line in report.lines() if line.startswith('error')]
+    errors = [report.line(problem) for report in reports for problem in report.fatal]
     for report in reports:
-        for line in report.lines():
-            if not line.startswith('error'):
-                print_log(line, logger='current', level=logging.WARNING)
+        for problem in report.problems:
+            if not problem.fatal:
+                print_log(report.line(problem), logger='current', level=logging.WARNING)
     if errors:
         raise DataCheckError(f'The {split} data has {len(errors)} problem(s) that would stop or '
                              f'corrupt training:\n' + '\n'.join(errors))
     return reports
+
+
+def check_data(cfg, splits: Sequence[str] = ('train', 'val')) -> List[DataReport]:
+    """What tools/train.py runs before training and ``tools/dataset_config.py --check`` after
+    writing: the heads' class counts (``check_class_counts``), then each split's files
+    (``check_dataset_contents``)."""
+    check_class_counts(cfg)
+    return [report for split in splits for report in check_dataset_contents(cfg, split)]
 
 
 def check_class_counts(cfg) -> None:
