@@ -2,6 +2,7 @@
 import ast
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -434,6 +435,60 @@ def test_the_log_names_what_was_dropped_and_what_is_missing(tmp_path):
     assert "dropped (no part of the backbone): ['head.bias', 'head.weight', 'norm.bias', " \
         "'norm.weight']" in log
     missing = re.search(r'not in the checkpoint \(kept at their init\): (\[.*\])', log)[1]
-    assert set(ast.literal_eval(missing)) == {k for k in model_sd if k.startswith('stages.3.1.') and
-                                  'dwconv' not in k} | {f'norm{i}.{p}' for i in range(4)
-                                                         for p in ('weight', 'bias')}
+    dropped_block = {k for k in model_sd if k.startswith('stages.3.1.') and 'dwconv' not in k}
+    output_norms = {f'norm{i}.{p}' for i in range(4) for p in ('weight', 'bias')}
+    assert set(ast.literal_eval(missing)) == dropped_block | output_norms
+
+
+def mmpretrain_convnext():
+    """mmpretrain's own ConvNeXt class, from the folder tools/setup_env.sh installs it to (outside
+    site-packages). mmpretrain 1.2's multimodal models (BLIP) do not import with transformers 5;
+    its own WITH_MULTIMODAL switch leaves them out (the backbone never uses them)."""
+    folder = os.path.join(sys.prefix, 'test-reference', 'mmpretrain')
+    if folder not in sys.path:
+        sys.path.append(folder)
+    pytest.importorskip('mmpretrain')
+    import mmpretrain.utils.dependency as dependency
+    dependency.WITH_MULTIMODAL = False
+    from mmpretrain.models.backbones import ConvNeXt as MMPretrainConvNeXt
+    return MMPretrainConvNeXt
+
+
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_mmpretrain_checkpoints_of_mmpretrains_own_convnext(tmp_path, version):
+    """The layout as mmpretrain itself writes it (its ConvNeXt class, not our rewrite of its
+    names): a detection-style backbone with a norm per stage loads to the same features, and its
+    classifier (final norm3 only, plus a head) loads every block tensor."""
+    v2 = version == 'v2'
+    block = dict(use_grn=v2, layer_scale_init_value=0. if v2 else 1e-6)
+    theirs_cls = mmpretrain_convnext()
+    theirs = randomize_(theirs_cls(arch='atto', out_indices=(0, 1, 2, 3),
+                                   gap_before_final_norm=False, **block))
+    theirs.eval()  # mmpretrain's train() returns None
+    state = {f'backbone.{k}': v for k, v in theirs.state_dict().items()}
+    state['head.fc.weight'] = torch.rand(10, 320)
+    path = save({'state_dict': state, 'meta': {'mmpretrain_version': '1.2.0'}},
+                str(tmp_path / 'mmpretrain.pth'))
+    ours = ConvNeXt('atto', init_cfg=dict(type='Pretrained', checkpoint=path), **block)
+    ours.init_weights()
+    ours.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    classifier = randomize_(theirs_cls(arch='atto', **block))  # out_indices=-1: norm3 only
+    converted, _ = to_convnext_mm({'state_dict': {
+        f'backbone.{k}': v for k, v in classifier.state_dict().items()}})
+    expected = {k: v for k, v in ours.state_dict().items() if not re.match(r'norm\d\.', k)}
+    assert set(converted) == set(expected)
+    for name, value in converted.items():
+        torch.testing.assert_close(value.reshape(expected[name].shape),
+                                   classifier.state_dict()[mmpretrain_name(name)].reshape(
+                                       expected[name].shape))
+
+
+def mmpretrain_name(ours):
+    for our_name, their_name in MMPRETRAIN_NAMES.items():
+        ours = ours.replace(f'.{our_name}.', f'.{their_name}.')
+    return ours

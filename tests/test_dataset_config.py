@@ -237,6 +237,9 @@ def test_label_map_problems_are_named_with_file_value_and_count(tmp_path):
     # fine, 255 is ignored too; 4 would be class 3 of 3
     pairs = label_maps(tmp_path / 'zero', 1)
     assert check_label_maps(pairs, 3, reduce_zero_label=True).problems == []
+    Image.fromarray(np.full((20, 30), 3, np.uint8)).save(pairs[0][1])  # class 2 of 3
+    assert check_label_maps(pairs, 3, reduce_zero_label=True).problems == []
+    assert 'values [3]' in check_label_maps(pairs, 3).lines()[0]
     Image.fromarray(np.full((20, 30), 4, np.uint8)).save(pairs[0][1])
     assert 'values [4]' in check_label_maps(pairs, 3, reduce_zero_label=True).lines()[0]
     # a class subset of a dataset's own classes (the demo's 5 of ADE20K's 150): mmseg maps

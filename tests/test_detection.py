@@ -179,8 +179,8 @@ def det_scope():
     import convnext_mm  # noqa: F401
 
 
-@pytest.mark.parametrize('name,params', [('cascade_convnext_t_coco', 86e6),
-                                         ('mask_rcnn_convnext_t_coco', 48e6),
+# Cascade-T's 86M: tests/test_benchmark_tools.py::test_get_flops_matches_the_published_counts
+@pytest.mark.parametrize('name,params', [('mask_rcnn_convnext_t_coco', 48e6),
                                          ('cascade_convnext_xl_in22k_coco', 407e6)])
 def test_models_build_with_published_sizes(det_scope, name, params):
     from mmdet.registry import MODELS

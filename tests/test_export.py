@@ -80,25 +80,25 @@ def upernet_tiny(tmp_path_factory):
     return segmentor, checkpoint
 
 
-def test_tiny_backbone_exports_with_dynamic_size(upernet_tiny, tmp_path):
-    """UperNet-T's backbone: one LayerNormalization op per LayerNorm (no pow/sqrt chain), equal
-    to PyTorch at sizes and a batch size the export never saw."""
-    segmentor, checkpoint = upernet_tiny
-    out = str(tmp_path / 'backbone.onnx')
-    log = run(['tools/export_onnx.py', UPERNET_T, checkpoint, '--part', 'backbone', '--out', out,
-               '--shape', '64', '64', '--dynamic'] + NONTRIVIAL_BLOCKS)
-    assert list(reported_differences(log)) == ['64x64', '96x128']
-    assert max(reported_differences(log).values()) <= 1e-4
-    counts = op_counts(out)
-    # 18 blocks, the stem, 3 downsampling layers and 4 output norms
-    layer_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in segmentor.backbone.modules())
-    assert counts['LayerNormalization'] == layer_norms == 26
-    assert not {'Pow', 'Sqrt', 'ReduceSumSquare', 'ReduceL2'} & set(counts)
-    image = torch.randn(2, 3, 96, 64)  # batch 2 at a third size
-    with torch.no_grad():
-        want = segmentor.backbone(image)
-    for got, expected in zip(onnxruntime_outputs(out, image), want, strict=True):
-        np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=1e-4)
+def test_backbone_part_exports_the_backbone_with_a_named_output_per_stage(tmp_path, monkeypatch):
+    """--part backbone hands the exporter and the onnxruntime check the model's backbone with
+    one output per stage (the graph of a ConvNeXt itself is checked inside UperNet-T's and the
+    V2 detector's exports: a third export would cost 25 s for the same graph)."""
+    import convnext_mm.deploy
+    export_tool = load_tool('export_onnx')
+    exported = {}
+
+    def export(module, out, shape, dynamic, names):
+        exported.update(module=module, names=names, dynamic=dynamic)
+        open(out, 'wb').write(b'graph')
+
+    monkeypatch.setattr(convnext_mm.deploy, 'export_onnx', export)
+    monkeypatch.setattr(convnext_mm.deploy, 'max_abs_differences',
+                        lambda module, path, shapes: {shape: 0.0 for shape in shapes})
+    export_tool.main([DEMO_SEG, '--part', 'backbone', '--out', str(tmp_path / 'b.onnx'),
+                      '--shape', '64', '64', '--dynamic'])
+    assert isinstance(exported['module'], ConvNeXt) and exported['dynamic']
+    assert exported['names'] == [f'stage{i}' for i in range(4)]
 
 
 def test_upernet_tiny_exports_logits_equal_to_mmsegs_at_unseen_sizes(upernet_tiny, tmp_path):
@@ -109,11 +109,17 @@ def test_upernet_tiny_exports_logits_equal_to_mmsegs_at_unseen_sizes(upernet_tin
     assert list(reported_differences(log)) == ['64x64', '96x160']
     assert max(reported_differences(log).values()) <= 1e-4
     assert 'outputs logits' in log and 'mean [123.675, 116.28, 103.53]' in log
-    image = torch.randn(1, 3, 128, 96)
+    counts = op_counts(out)
+    # one LayerNormalization per LayerNorm (no pow/sqrt chain): ConvNeXt-T's 18 blocks, the
+    # stem, 3 downsampling layers and 4 output norms; UperNet's head has none
+    layer_norms = sum(isinstance(m, torch.nn.LayerNorm) for m in segmentor.modules())
+    assert counts['LayerNormalization'] == layer_norms == 26
+    assert not {'Pow', 'Sqrt', 'ReduceSumSquare', 'ReduceL2'} & set(counts)
+    image = torch.randn(2, 3, 128, 96)  # batch 2 at a third size
     with torch.no_grad():
-        want = segmentor.encode_decode(image, [dict(img_shape=(128, 96))])
+        want = segmentor.encode_decode(image, [dict(img_shape=(128, 96))] * 2)
     got, = onnxruntime_outputs(out, image)
-    assert got.shape == (1, 150, 128, 96)
+    assert got.shape == (2, 150, 128, 96)
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-4)
 
 
@@ -143,7 +149,7 @@ def test_detector_first_stage_with_the_v2_block_exports_with_dynamic_size(tmp_pa
     counts = op_counts(out)
     backbone = ConvNeXt('atto', use_grn=True)
     assert counts['ReduceL2'] == sum(type(m).__name__ == 'GRN' for m in backbone.modules()) == 12
-    assert counts['LayerNormalization'] > 0  # the exact count: the ConvNeXt-T test above
+    assert counts['LayerNormalization'] > 0  # the exact count: the UperNet-T test above
     assert not {'Pow', 'Sqrt', 'ReduceSumSquare'} & set(counts)
     names = [o.name for o in onnx.load(out).graph.output]
     assert names == [f'{kind}{i}' for kind in ('feature', 'rpn_score', 'rpn_delta')

@@ -127,4 +127,12 @@ if ! (cd / && "$PY" -c "import convnext_mm, sys; sys.exit(not convnext_mm.__file
     step package "${PIP[@]}" install --no-deps --no-build-isolation -e "$ROOT"
 fi
 
+# mmpretrain is a test reference only (tests/test_checkpoint.py), kept out of site-packages: mmdet
+# imports it whenever it is installed, and mmpretrain 1.2's BLIP models fail to import with
+# transformers 5 (TypeError), which would break every mmdet and mmseg model.
+MMPRETRAIN_DIR="$VENV/test-reference/mmpretrain"
+if [ ! -d "$MMPRETRAIN_DIR/mmpretrain-1.2.0.dist-info" ]; then
+    step mmpretrain "${PIP[@]}" install --no-deps --target "$MMPRETRAIN_DIR" mmpretrain==1.2.0
+fi
+
 echo "[setup_env] environment ready: $VENV"

@@ -70,16 +70,39 @@ def use_safe_training_hooks(cfg: Config) -> None:
         cfg.custom_hooks = list(custom_hooks) + [dict(type='FiniteLossHook')]
 
 
+def restart_count() -> tuple:
+    """(this attempt's restart number, the restarts allowed) when the job was started again
+    by torchrun's elastic agent (``--max-restarts``: ``TORCHELASTIC_RESTART_COUNT``) or by a
+    slurm requeue (``SLURM_RESTART_COUNT``, no limit known: None); (0, ...) on a first start."""
+    torchrun = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+    if torchrun:
+        return torchrun, int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0)
+    return int(os.environ.get('SLURM_RESTART_COUNT', '0') or 0), None
+
+
 def resolve_resume(cfg: Config, resume) -> None:
     """Set ``cfg.resume``/``cfg.load_from`` for ``--resume [CKPT]`` and check, before the
     run starts, that the checkpoint to be read exists and is complete.
 
     ``resume='auto'`` takes the checkpoint named by ``<work_dir>/last_checkpoint``
-    (none: training starts from scratch, as in mmengine).
+    (none: training starts from scratch, as in mmengine). A job started again after a
+    failure (``restart_count``) resumes from that checkpoint whatever ``--resume`` said, or,
+    when none was written yet, starts as the first attempt did.
     """
     from mmengine.runner import find_latest_checkpoint
 
     from ..checkpoint import check_checkpoint_file
+    restart, allowed = restart_count()
+    if restart:
+        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
+        latest = find_latest_checkpoint(cfg.work_dir) if osp.isfile(pointer) else None
+        left = '' if allowed is None else f'; {allowed - restart} of {allowed} restarts remain'
+        if int(os.environ.get('RANK', '0')) == 0:
+            print_log(f'Restart {restart} of the job{left}: resuming from '
+                      f'{latest or "the start (no checkpoint was written yet)"}',
+                      logger='current', level=logging.WARNING)
+        if latest is not None:
+            resume = 'auto'
     if resume == 'auto':
         cfg.resume, cfg.load_from = True, None
         pointer = osp.join(cfg.work_dir, 'last_checkpoint')
@@ -111,8 +134,8 @@ def _replace_sync_bn(node) -> int:
 def adapt_to_device(cfg: Config) -> None:
     """Let a GPU recipe run on a machine without CUDA, saying what changed.
 
-    Without CUDA: distributed runs use gloo instead of nccl (and the process
-    group is started here), SyncBN (CUDA only) becomes BN, and AMP (mmengine's
+    Without CUDA: distributed runs use gloo instead of nccl (the process group is
+    started by ``run_tool``), SyncBN (CUDA only) becomes BN, and AMP (mmengine's
     AmpOptimWrapper needs a GPU) becomes fp32.
     Nothing changes where CUDA is available.
     """
@@ -137,13 +160,36 @@ def adapt_to_device(cfg: Config) -> None:
         cfg.optim_wrapper.type = 'OptimWrapper'
         cfg.optim_wrapper.pop('loss_scale', None)
         changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
-    if launcher == 'pytorch' and not torch.distributed.is_initialized():
-        # mmengine's init_dist calls torch.cuda.set_device, which fails without CUDA;
-        # the runner skips its own init when the process group already exists.
-        torch.distributed.init_process_group(backend='gloo', init_method='env://')
-        changes.append('process group started with gloo')
     if changes:
         print_log(f'No CUDA device: {"; ".join(changes)}', logger='current', level=logging.WARNING)
+
+
+def start_process_group(cfg: Config) -> None:
+    """Start the process group of a torchrun launch (``--launcher pytorch``) here, where
+    mmengine's ``init_dist`` would fail; the runner skips its own when a group exists.
+
+    - Without CUDA: ``init_dist`` calls ``torch.cuda.set_device``.
+    - An attempt torchrun started again (``--max-restarts``): torch 2.14's agent hands every
+      attempt the same store, where the failed attempt's keys (the dead ranks' addresses)
+      stay, and the new group waited for them forever; each attempt gets its own namespace.
+    """
+    dist = torch.distributed
+    if cfg.get('launcher') != 'pytorch' or dist.is_initialized():
+        return
+    restart = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+    if torch.cuda.is_available() and not restart:
+        return  # mmengine's init_dist
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'nccl')
+    rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
+    if restart and os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True':
+        agent_store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
+                                    world_size, is_master=False)
+        store = dist.PrefixStore(f'/convnext_mm/attempt_{restart}', agent_store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+    else:
+        dist.init_process_group(backend, init_method='env://')
 
 
 def run_tool(cfg: Config, action) -> None:
@@ -160,6 +206,7 @@ def run_tool(cfg: Config, action) -> None:
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    start_process_group(cfg)
     with config_text_formatted_once():
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         try:

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import all_gather_object, is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
@@ -65,15 +65,18 @@ class AtomicCheckpointHook(CheckpointHook):
     ``max_keep_ckpts`` removed (mmengine removes them before writing the new
     one). A kill at any moment leaves the previous checkpoint and pointer intact.
 
-    Checkpoints also carry the Python, numpy and torch random states, restored
-    when training resumes, and validation runs on a saved-and-restored random
-    state, so that a resumed epoch-based run with the same seed reproduces the
+    Checkpoints also carry every rank's Python, numpy and torch random states
+    (ranks draw differently: the RoI samplers' draws depend on each image's
+    boxes), each restored on its rank when training resumes with the same
+    number of ranks, and validation runs on a saved-and-restored random state, so
+    that a resumed epoch-based run with the same seed reproduces the
     uninterrupted one bit for bit (CPU, deterministic mode, ``num_workers=0`` or
     non-persistent workers).
     """
 
     _resumed_rng_state = None  # from the checkpoint being resumed, until training starts
     _train_rng_state = None  # the training random state, kept aside during validation
+    _rank_rng_states = None  # every rank's, gathered for the checkpoint being saved
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
@@ -87,12 +90,17 @@ class AtomicCheckpointHook(CheckpointHook):
             self._resumed_rng_state = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['rng_state'] = get_rng_state()
+        # rank 0 alone writes the checkpoint; _save_checkpoint_with_step gathered the others'
+        checkpoint['rng_state'] = self._rank_rng_states or [get_rng_state()]
+        self._rank_rng_states = None
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Resuming loads the checkpoint before the runner re-seeds; restored in before_train.
         if runner._resume and 'rng_state' in checkpoint:
-            self._resumed_rng_state = checkpoint['rng_state']
+            states = checkpoint['rng_state']
+            if isinstance(states, dict):  # written before the states were kept per rank
+                states = [states]
+            self._resumed_rng_state = states[runner.rank if runner.rank < len(states) else 0]
 
     def before_val(self, runner) -> None:
         self._train_rng_state = get_rng_state()
@@ -103,6 +111,7 @@ class AtomicCheckpointHook(CheckpointHook):
             self._train_rng_state = None
 
     def _save_checkpoint_with_step(self, runner, step, meta):
+        self._rank_rng_states = all_gather_object(get_rng_state())  # on every rank
         if not isinstance(self.file_backend, LocalBackend):
             return super()._save_checkpoint_with_step(runner, step, meta)
         stale = []
