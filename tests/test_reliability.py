@@ -279,7 +279,9 @@ def test_nan_loss_under_amp_is_skipped_until_too_many_in_a_row():
 
 # --- distributed faults --------------------------------------------------------------------
 
-def test_one_failing_rank_ends_the_whole_job_quickly(toy_coco, tmp_path):
+def test_one_failing_rank_ends_the_whole_job_once_its_restarts_are_used_up(toy_coco, tmp_path):
+    """MAX_RESTARTS=1: the group is started once more (from the start: no checkpoint yet),
+    fails again, and the job ends non-zero with the cause, promptly."""
     config = tmp_path / 'fault.py'
     config.write_text(
         f"_base_ = {osp.join(ROOT, DEMO)!r}\n"
@@ -290,7 +292,8 @@ def test_one_failing_rank_ends_the_whole_job_quickly(toy_coco, tmp_path):
     out = subprocess.run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
                           str(tmp_path / 'work')] + train_options(toy_coco), cwd=ROOT,
                          capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PORT='29631', PYTHONPATH=osp.join(ROOT, 'tests')))
+                         env=dict(os.environ, PORT='29631', PYTHONPATH=osp.join(ROOT, 'tests'),
+                                  MAX_RESTARTS='1'))
     elapsed = time.time() - start
     log = out.stdout + out.stderr
     assert out.returncode != 0
@@ -298,4 +301,7 @@ def test_one_failing_rank_ends_the_whole_job_quickly(toy_coco, tmp_path):
     # the two gloo ranks trained the Cascade demo under DDP until then (8 images, 2 x 2 a step)
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert 'Epoch(train) [1][1/2]' in log, log[-3000:]
-    assert elapsed < 180, f'the job took {elapsed:.0f} s to end after one rank failed'
+    assert log.count('Restart 1 of the job; 0 of 1 restarts remain: resuming from the start '
+                     '(no checkpoint was written yet)') == 1, log[-3000:]
+    assert 'Restart 2' not in log
+    assert elapsed < 240, f'the job took {elapsed:.0f} s to end after one rank failed'

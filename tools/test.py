@@ -57,6 +57,8 @@ def build_config(args) -> Config:
         raise ValueError(f'--out must end in .pkl or .pickle, got {args.out!r}')
     cfg = load_tool_config(args)
     cfg.load_from = args.checkpoint
+    if cfg.pop('strategy', None) and cfg.get('runner_type') == 'FlexibleRunner':
+        cfg.pop('runner_type')  # an FSDP run's checkpoint is whole: tested on the Runner
     check_dataset_paths(cfg, 'test')
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)

@@ -20,7 +20,8 @@ from mmengine.config import Config  # noqa: E402
 
 from convnext_mm.utils import (adapt_to_device, check_dataset_paths,  # noqa: E402
                                build_train_loop, load_tool_config, parse_tool_args,
-                               resolve_resume, run_tool, use_safe_training_hooks)
+                               resolve_resume, run_tool, use_flexible_runner,
+                               use_safe_training_hooks)
 from convnext_mm.utils.data_contents import check_data  # noqa: E402
 
 
@@ -55,6 +56,7 @@ def build_config(args) -> Config:
         check_dataset_paths(cfg, 'val')
         check_data(cfg)
     use_safe_training_hooks(cfg)
+    use_flexible_runner(cfg)
     adapt_to_device(cfg)
     return cfg
 

@@ -1,7 +1,8 @@
+from .fsdp import ConvNeXtFSDPStrategy, convnext_block_wrap_policy
 from .hooks import AtomicCheckpointHook, FiniteLossHook, LayerDecayLrLogHook
 from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
 
 __all__ = [
-    'AtomicCheckpointHook', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook',
+    'AtomicCheckpointHook', 'ConvNeXtFSDPStrategy', 'convnext_block_wrap_policy', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook',
     'LayerDecayLrLogHook'
 ]

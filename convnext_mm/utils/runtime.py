@@ -192,6 +192,12 @@ def start_process_group(cfg: Config) -> None:
         dist.init_process_group(backend, init_method='env://')
 
 
+def use_flexible_runner(cfg: Config) -> None:
+    """Configs that name a ``strategy`` (FSDP, DeepSpeed) run on mmengine's FlexibleRunner."""
+    if cfg.get('strategy') and not cfg.get('runner_type'):
+        cfg.runner_type = 'FlexibleRunner'
+
+
 def run_tool(cfg: Config, action) -> None:
     """Build the runner of a train/test tool, hand it to ``action``, then close the
     distributed process group.

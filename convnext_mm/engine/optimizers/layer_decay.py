@@ -28,6 +28,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 from ...models.backbones.convnext import ConvNeXt
+from ..fsdp import full_ndims, unwrapped_name
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'custom_keys', 'norm_decay_mult',
@@ -114,6 +115,12 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         # `compile`, which compiles the whole train_step), so the groups stay plain dicts.
         self.optimizer_cfg = dict(self.optimizer_cfg)
 
+    def __call__(self, model: nn.Module):
+        # the parameters' own shapes, before mmengine unwraps DDP / FSDP (whose root unit
+        # holds the neck's and heads' parameters as flat shards)
+        self._ndims = full_ndims(model)
+        return super().__call__(model)
+
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
         backbone = getattr(module, 'backbone', None)
         if not isinstance(backbone, ConvNeXt):
@@ -136,7 +143,8 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 if not param.requires_grad or id(param) in seen:
                     continue
                 seen.add(id(param))
-                name = f'{module_name}.{param_name}' if module_name else param_name
+                name = unwrapped_name(f'{module_name}.{param_name}' if module_name
+                                      else param_name)
                 layer_id = get_layer_id(name, num_layers, decay_type)
                 lr_mult, decay_factor = self._multipliers(name, param, owner)
                 key = (layer_id, lr_mult, decay_factor)
@@ -163,7 +171,8 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         """(lr multiplier, weight decay factor) of one parameter; ``owner`` holds it."""
         is_norm = isinstance(owner, NORMS)
         is_bias = name.endswith('.bias')
-        decay_factor = 0. if param.ndim == 1 or is_bias or '.grn.' in name else 1.
+        ndim = getattr(self, '_ndims', {}).get(id(param), param.ndim)
+        decay_factor = 0. if ndim == 1 or is_bias or '.grn.' in name else 1.
         lr_mult = 1.
         norm_mult: Optional[float] = self.paramwise_cfg.get('norm_decay_mult')
         bias_mult: Optional[float] = self.paramwise_cfg.get('bias_decay_mult')
