@@ -224,8 +224,8 @@ def test_fsdp_units_are_the_convnext_blocks_and_names_lose_the_wrappers():
     from convnext_mm.models.backbones.convnext import ConvNeXtBlock
     backbone = ConvNeXt('atto')
     wrapped = [m for m in backbone.modules() if convnext_block_wrap_policy(m, False, 0)]
-    assert len(wrapped) == sum(backbone.depths) and all(isinstance(m, ConvNeXtBlock)
-                                                         for m in wrapped)
+    assert len(wrapped) == sum(backbone.depths)
+    assert all(isinstance(m, ConvNeXtBlock) for m in wrapped)
     assert all(convnext_block_wrap_policy(m, True, 0) for m in backbone.modules())  # descend
     assert unwrapped_name('backbone.stages.2._fsdp_wrapped_module.3._checkpoint_wrapped_module.'
                           'pwconv1.weight') == 'backbone.stages.2.3.pwconv1.weight'

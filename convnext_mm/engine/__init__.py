@@ -3,6 +3,6 @@ from .hooks import AtomicCheckpointHook, FiniteLossHook, LayerDecayLrLogHook
 from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
 
 __all__ = [
-    'AtomicCheckpointHook', 'ConvNeXtFSDPStrategy', 'convnext_block_wrap_policy', 'ConvNeXtLayerDecayOptimizerConstructor', 'FiniteLossHook',
-    'LayerDecayLrLogHook'
+    'AtomicCheckpointHook', 'ConvNeXtFSDPStrategy', 'ConvNeXtLayerDecayOptimizerConstructor',
+    'FiniteLossHook', 'LayerDecayLrLogHook', 'convnext_block_wrap_policy'
 ]
