@@ -4,6 +4,8 @@
 # writes the usual file, which tools/test.py and --resume read).
 _base_ = './cascade_convnext_xl_in22k_coco.py'
 
+custom_imports = dict(imports=['convnext_mm', 'convnext_mm.engine.fsdp_strategy'],
+                      allow_failed_imports=False)
 runner_type = 'FlexibleRunner'
 strategy = dict(
     type='ConvNeXtFSDPStrategy',

@@ -236,6 +236,9 @@ def test_fsdp_recipes_are_their_recipes_on_the_flexible_runner():
     for name in ('cascade_convnext_xl_in22k_coco', 'upernet_convnext_xl_in22k_ade20k_640'):
         fsdp = Config.fromfile(osp.join(ROOT, 'configs', f'{name}_fsdp.py')).to_dict()
         plain = Config.fromfile(osp.join(ROOT, 'configs', f'{name}.py')).to_dict()
+        assert fsdp.pop('custom_imports')['imports'] == ['convnext_mm',
+                                                         'convnext_mm.engine.fsdp_strategy']
+        plain.pop('custom_imports')
         assert fsdp.pop('runner_type') == 'FlexibleRunner'
         assert fsdp.pop('strategy') == dict(
             type='ConvNeXtFSDPStrategy', state_dict_cfg='full',

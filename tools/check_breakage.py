@@ -5,7 +5,7 @@ ids, a checkpoint key, the swap tool's outputs, ...) in a copy of the working tr
 tests that should notice, and records the ones that failed. A break no test notices is a hole
 in the suite: the tool exits 1 and names it. The table it prints is docs/testing.md's.
 
-    python tools/check_breakage.py                 # every break (about 15 minutes on 2 cores)
+    python tools/check_breakage.py                 # every break (about 20 minutes on 2 cores)
     python tools/check_breakage.py --only grn_axis layer_decay_ids
     python tools/check_breakage.py --list
 
@@ -97,6 +97,24 @@ BREAKS = [
           "self._resumed_rng_state = states[runner.rank if runner.rank < len(states) else 0]",
           'pass',
           ['tests/test_reliability.py', '-k', 'random_moment']),
+    Break('restart_starts_over', 'a restarted or requeued job trains again from the start',
+          'convnext_mm/utils/runtime.py',
+          "        if latest is not None:\n            resume = 'auto'\n",
+          "        if latest is not None:\n            pass\n",
+          ['tests/test_distributed.py', '-k', 'requeued']),
+    Break('rank_rng_states_shared', "every rank resumes with rank 0's random state",
+          'convnext_mm/engine/hooks/checkpoint_hook.py',
+          'states[runner.rank if runner.rank < len(states) else 0]', 'states[0]',
+          ['tests/test_distributed.py', '-k', 'killed_worker']),
+    Break('fsdp_cpu_offload', "FSDP's whole optimizer state gathered through torch's CPU offload",
+          'convnext_mm/engine/fsdp_strategy.py',
+          '                    config.offload_to_cpu = False', '                    pass',
+          ['tests/test_distributed.py', '-k', 'fsdp_trains']),
+    Break('fsdp_wrapped_names', 'layer decay reads FSDP-wrapped names (wrong layer ids)',
+          'convnext_mm/engine/optimizers/layer_decay.py',
+          "name = unwrapped_name(f'{module_name}.{param_name}' if module_name",
+          "name = (f'{module_name}.{param_name}' if module_name",
+          ['tests/test_distributed.py', '-k', 'fsdp_trains']),
     Break('nan_loss_ignored', 'a NaN loss trains on instead of stopping',
           'convnext_mm/engine/hooks/finite_loss_hook.py',
           'if math.isfinite(loss):', 'if True:',

@@ -1,8 +1,8 @@
-from .fsdp import ConvNeXtFSDPStrategy, convnext_block_wrap_policy
+from .fsdp import convnext_block_wrap_policy
 from .hooks import AtomicCheckpointHook, FiniteLossHook, LayerDecayLrLogHook
 from .optimizers import ConvNeXtLayerDecayOptimizerConstructor
 
 __all__ = [
-    'AtomicCheckpointHook', 'ConvNeXtFSDPStrategy', 'ConvNeXtLayerDecayOptimizerConstructor',
+    'AtomicCheckpointHook', 'ConvNeXtLayerDecayOptimizerConstructor',
     'FiniteLossHook', 'LayerDecayLrLogHook', 'convnext_block_wrap_policy'
 ]

@@ -194,8 +194,10 @@ def start_process_group(cfg: Config) -> None:
 
 def use_flexible_runner(cfg: Config) -> None:
     """Configs that name a ``strategy`` (FSDP, DeepSpeed) run on mmengine's FlexibleRunner."""
-    if cfg.get('strategy') and not cfg.get('runner_type'):
-        cfg.runner_type = 'FlexibleRunner'
+    if cfg.get('strategy'):
+        import convnext_mm.engine.fsdp_strategy  # noqa: F401  (registers ConvNeXtFSDPStrategy)
+        if not cfg.get('runner_type'):
+            cfg.runner_type = 'FlexibleRunner'
 
 
 def run_tool(cfg: Config, action) -> None:
