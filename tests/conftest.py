@@ -129,17 +129,6 @@ def coco_options(root: str, **extra) -> list:
                                 'default_hooks.checkpoint.interval': 1, **extra})
 
 
-def run_dist_train(config: str, work_dir: str, options: list, port: int) -> str:
-    """``bash tools/dist_train.sh CONFIG 2`` on the CPU; checks that 2 gloo ranks ran."""
-    out = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', work_dir] +
-                         options, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, PORT=str(port)))
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[:1500] + log[-4000:]
-    assert 'gloo' in log and 'Distributed training: True' in log and 'GPU number: 2' in log
-    return log
-
-
 def assert_logged_lr(work_dir: str, stem_scale: float) -> None:
     """A layer-decay run's scalars.json logs as `lr` the lr of the scale-1.0 groups, which is
     mmengine's scheduled lr (`base_lr`, from the configured lr through the warm-up), and as

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import (NO_VALIDATION, ROOT, assert_logged_lr, assert_v1_recipe_with_v2_block,
                       assert_v2_backbone_is_timms, cfg_options, count_parameters,
-                      installed_config, load_tool, run_dist_train, without_scope)
+                      installed_config, load_tool, without_scope)
 from conftest import run_tool as run
 from mmengine.config import Config
 from PIL import Image
@@ -347,14 +347,3 @@ def check_infer_tool(config, checkpoint, val_images, tmp_path):
         labels, counts = np.unique(want, return_counts=True)
         assert got == dict(image=image, height=96, width=128, pixels_per_class={
             classes[i]: int(n) for i, n in zip(labels, counts)})
-
-
-def test_two_process_distributed_training_on_cpu(toy_ade20k, tmp_path):
-    """dist_train.sh on two gloo ranks (dist_test.sh against tools/test.py:
-    tests/test_distributed.py, across two agents)."""
-    work = str(tmp_path / 'dist')
-    log = run_dist_train(DEMO, work, cfg_options(toy_ade20k, **{
-        'train_cfg.max_iters': 2, **NO_VALIDATION,
-        'default_hooks.checkpoint.interval': 2}), port=29613)
-    assert 'SyncBN -> BN' in log and 'Iter(train) [2/2]' in log
-    assert [f for f in os.listdir(work) if f.endswith('.pth')] == ['iter_2.pth']
