@@ -176,13 +176,17 @@ def test_a_killed_fsdp_worker_is_restarted_and_the_job_ends_as_the_ddp_run(toy_c
     assert re.search(r'coco/bbox_mAP: [0-9.]+', out), out[-3000:]
 
 
-def test_a_requeued_slurm_job_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_requeued_slurm_job_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
     """slurm starts a requeued job's command again with SLURM_RESTART_COUNT > 0: it resumes
     from the checkpoint last_checkpoint names; with none written yet it starts as the first
     attempt did (load_from kept); a first start is left alone."""
     from mmengine.config import Config
 
+    import convnext_mm.utils.runtime
     from convnext_mm.utils import resolve_resume
+    logged = []  # what print_log shows (the current logger's stream is another test's)
+    monkeypatch.setattr(convnext_mm.utils.runtime, 'print_log',
+                        lambda message, **kwargs: logged.append(message))
     checkpoint, pretrained = tmp_path / 'epoch_7.pth', str(tmp_path / 'pretrained.pth')
     for path in (checkpoint, pretrained):
         torch.save({'state_dict': {}, 'meta': {}}, path)
@@ -199,9 +203,9 @@ def test_a_requeued_slurm_job_resumes_from_the_last_checkpoint(tmp_path, monkeyp
 
     assert resolved(0, pointer=True) == (False, pretrained)
     assert resolved(2, pointer=True) == (True, None)  # mmengine reads last_checkpoint
-    assert f'Restart 2 of the job: resuming from {checkpoint}' in capsys.readouterr().out
+    assert logged.pop() == f'Restart 2 of the job: resuming from {checkpoint}'
     assert resolved(1, pointer=False) == (False, pretrained)
-    assert 'resuming from the start (no checkpoint was written yet)' in capsys.readouterr().out
+    assert logged.pop().endswith('resuming from the start (no checkpoint was written yet)')
 
 
 def test_fsdp_units_are_the_convnext_blocks_and_names_lose_the_wrappers():
