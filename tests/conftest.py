@@ -2,9 +2,12 @@ import glob
 import importlib.util
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -127,6 +130,44 @@ def coco_options(root: str, **extra) -> list:
     return cfg_options(root, **{'val_evaluator.ann_file': annotations,
                                 'test_evaluator.ann_file': annotations,
                                 'default_hooks.checkpoint.interval': 1, **extra})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_agents(command: list, nodes: int, started: int = None, timeout: int = 600,
+               **env) -> list:
+    """``bash COMMAND`` once per node (NNODES=nodes, NODE_RANK=i, one free port), for the first
+    ``started`` nodes (default all); every agent and its workers are killed on the way out,
+    whatever happened. Returns each agent's (exit code, output)."""
+    port, agents = str(free_port()), []
+    try:
+        for node in range(nodes if started is None else started):
+            node_env = dict(os.environ, NNODES=str(nodes), NODE_RANK=str(node),
+                            MASTER_ADDR='127.0.0.1', PORT=port,
+                            PYTHONPATH=os.path.join(ROOT, 'tests'), **env)
+            log = tempfile.TemporaryFile('w+')  # a pipe read at the end would fill and block
+            agents.append((subprocess.Popen(['bash'] + command, cwd=ROOT, env=node_env,
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True), log))
+        deadline = time.time() + timeout
+        results = []
+        for agent, log in agents:
+            code = agent.wait(max(1, deadline - time.time()))
+            log.seek(0)
+            results.append((code, log.read()))
+        return results
+    finally:
+        for agent, log in agents:
+            try:
+                os.killpg(agent.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            agent.wait()
+            log.close()
 
 
 def assert_logged_lr(work_dir: str, stem_scale: float) -> None:

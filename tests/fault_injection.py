@@ -1,10 +1,12 @@
-"""A hook that raises on one rank, for the distributed fault test (imported by its config)."""
+"""Hooks that inject faults into distributed runs and measure them (imported by the tests'
+configs)."""
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 
 @HOOKS.register_module()
 class RaiseOnRankHook(Hook):
+    """Raises on one rank before an iteration."""
 
     def __init__(self, rank: int, iteration: int):
         self.rank = rank
@@ -12,23 +14,21 @@ class RaiseOnRankHook(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
         if runner.rank == self.rank and runner.iter + 1 == self.iteration:
-            raise RuntimeError(f'injected fault on rank {self.rank} at iteration {self.iteration}')
+            self.fault()
+
+    def fault(self) -> None:
+        raise RuntimeError(f'injected fault on rank {self.rank} at iteration {self.iteration}')
 
 
 @HOOKS.register_module()
-class KillOnRankHook(Hook):
+class KillOnRankHook(RaiseOnRankHook):
     """SIGKILLs one rank before an iteration, in the first attempt of a torchrun job only (the
     attempts torchrun starts again after it run on)."""
 
-    def __init__(self, rank: int, iteration: int):
-        self.rank = rank
-        self.iteration = iteration
-
-    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+    def fault(self) -> None:
         import os
         import signal
-        first_attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0'
-        if first_attempt and runner.rank == self.rank and runner.iter + 1 == self.iteration:
+        if os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0':
             os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -3,61 +3,18 @@ one agent with two processes trains the same model sharded by FSDP, with a worke
 mid-epoch that torchrun restarts and the job resumes, and ends where the two-node run ends; a
 node that never arrives ends in a clear time-out; slurm requeues resume."""
 import json
-import os
 import os.path as osp
 import re
-import signal
-import socket
-import subprocess
-import tempfile
 import time
 
 import pytest
 import torch
-from conftest import ROOT, coco_options
+from conftest import ROOT, coco_options, run_agents
 from conftest import run_tool as run
 from test_reliability import train_options
 
 DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_demo.py')
 uses_reference_run = pytest.mark.xdist_group('distributed_reference_run')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def run_agents(command: list, nodes: int, started: int = None, timeout: int = 600,
-               **env) -> list:
-    """``bash COMMAND`` once per node (NNODES=nodes, NODE_RANK=i, one free port), for the first
-    ``started`` nodes (default all); every agent and its workers are killed on the way out,
-    whatever happened. Returns each agent's (exit code, output)."""
-    port, agents = str(free_port()), []
-    try:
-        for node in range(nodes if started is None else started):
-            node_env = dict(os.environ, NNODES=str(nodes), NODE_RANK=str(node),
-                            MASTER_ADDR='127.0.0.1', PORT=port,
-                            PYTHONPATH=osp.join(ROOT, 'tests'), **env)
-            log = tempfile.TemporaryFile('w+')  # a pipe read at the end would fill and block
-            agents.append((subprocess.Popen(['bash'] + command, cwd=ROOT, env=node_env,
-                                            stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True), log))
-        deadline = time.time() + timeout
-        results = []
-        for agent, log in agents:
-            code = agent.wait(max(1, deadline - time.time()))
-            log.seek(0)
-            results.append((code, log.read()))
-        return results
-    finally:
-        for agent, log in agents:
-            try:
-                os.killpg(agent.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            agent.wait()
-            log.close()
 
 
 def assert_succeeded(results):

@@ -4,13 +4,13 @@ import os
 import os.path as osp
 import random
 import signal
-import subprocess
 import time
 import types
 
 import pytest
 import torch
-from conftest import NO_VALIDATION, ROOT, coco_options, load_tool, start_tool
+from conftest import (NO_VALIDATION, ROOT, coco_options, load_tool, run_agents,
+                      start_tool)
 from conftest import run_tool as run
 from mmengine.config import Config
 from mmengine.model import BaseModel
@@ -289,14 +289,11 @@ def test_one_failing_rank_ends_the_whole_job_once_its_restarts_are_used_up(toy_c
         "allow_failed_imports=False)\n"
         "custom_hooks = [dict(type='RaiseOnRankHook', rank=1, iteration=2)]\n")
     start = time.time()
-    out = subprocess.run(['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
-                          str(tmp_path / 'work')] + train_options(toy_coco), cwd=ROOT,
-                         capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, PORT='29631', PYTHONPATH=osp.join(ROOT, 'tests'),
-                                  MAX_RESTARTS='1'))
+    (code, log), = run_agents(['tools/dist_train.sh', str(config), '2', '--work-dir',
+                               str(tmp_path / 'work')] + train_options(toy_coco), nodes=1,
+                              MAX_RESTARTS='1')
     elapsed = time.time() - start
-    log = out.stdout + out.stderr
-    assert out.returncode != 0
+    assert code != 0
     assert 'injected fault on rank 1 at iteration 2' in log, log[-3000:]
     # the two gloo ranks trained the Cascade demo under DDP until then (8 images, 2 x 2 a step)
     assert 'Distributed training: True' in log and 'GPU number: 2' in log

@@ -70,14 +70,18 @@ def use_safe_training_hooks(cfg: Config) -> None:
         cfg.custom_hooks = list(custom_hooks) + [dict(type='FiniteLossHook')]
 
 
+def _env_count(name: str) -> int:
+    return int(os.environ.get(name, '0') or 0)
+
+
 def restart_count() -> tuple:
     """(this attempt's restart number, the restarts allowed) when the job was started again
     by torchrun's elastic agent (``--max-restarts``: ``TORCHELASTIC_RESTART_COUNT``) or by a
     slurm requeue (``SLURM_RESTART_COUNT``, no limit known: None); (0, ...) on a first start."""
-    torchrun = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+    torchrun = _env_count('TORCHELASTIC_RESTART_COUNT')
     if torchrun:
-        return torchrun, int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0)
-    return int(os.environ.get('SLURM_RESTART_COUNT', '0') or 0), None
+        return torchrun, _env_count('TORCHELASTIC_MAX_RESTARTS')
+    return _env_count('SLURM_RESTART_COUNT'), None
 
 
 def resolve_resume(cfg: Config, resume) -> None:
@@ -92,10 +96,10 @@ def resolve_resume(cfg: Config, resume) -> None:
     from mmengine.runner import find_latest_checkpoint
 
     from ..checkpoint import check_checkpoint_file
+    pointer = osp.join(cfg.work_dir, 'last_checkpoint')
+    latest = find_latest_checkpoint(cfg.work_dir) if osp.isfile(pointer) else None
     restart, allowed = restart_count()
     if restart:
-        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
-        latest = find_latest_checkpoint(cfg.work_dir) if osp.isfile(pointer) else None
         left = '' if allowed is None else f'; {allowed - restart} of {allowed} restarts remain'
         if int(os.environ.get('RANK', '0')) == 0:
             print_log(f'Restart {restart} of the job{left}: resuming from '
@@ -105,10 +109,8 @@ def resolve_resume(cfg: Config, resume) -> None:
             resume = 'auto'
     if resume == 'auto':
         cfg.resume, cfg.load_from = True, None
-        pointer = osp.join(cfg.work_dir, 'last_checkpoint')
-        if osp.isfile(pointer):
-            check_checkpoint_file(find_latest_checkpoint(cfg.work_dir),
-                                  f'The checkpoint named by {pointer}')
+        if latest is not None:
+            check_checkpoint_file(latest, f'The checkpoint named by {pointer}')
     elif resume is not None:
         check_checkpoint_file(resume, '--resume checkpoint')
         cfg.resume, cfg.load_from = True, resume
@@ -176,7 +178,7 @@ def start_process_group(cfg: Config) -> None:
     dist = torch.distributed
     if cfg.get('launcher') != 'pytorch' or dist.is_initialized():
         return
-    restart = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+    restart = _env_count('TORCHELASTIC_RESTART_COUNT')
     if torch.cuda.is_available() and not restart:
         return  # mmengine's init_dist
     backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend', 'nccl')
