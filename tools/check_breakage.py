@@ -132,22 +132,23 @@ def copy_tree(dest: str) -> None:
             shutil.copy2(src, os.path.join(dest, name), follow_symlinks=False)
 
 
-def apply(root: str, brk: Break) -> None:
-    path = os.path.join(root, brk.path)
-    with open(path) as f:
+def broken(root: str, brk: Break) -> str:
+    """The text of ``brk.path`` under ``root`` with the break applied."""
+    with open(os.path.join(root, brk.path)) as f:
         text = f.read()
     if text.count(brk.old) != 1:
         raise SystemExit(f'{brk.name}: {brk.old!r} occurs {text.count(brk.old)} times in '
                          f'{brk.path}, not once: update BREAKS to the code')
-    with open(path, 'w') as f:
-        f.write(text.replace(brk.old, brk.new))
+    return text.replace(brk.old, brk.new)
 
 
 def run(brk: Break, workers: int):
     """(failed test ids, seconds, pytest's last line)."""
     with tempfile.TemporaryDirectory(prefix=f'break_{brk.name}_') as root:
         copy_tree(root)
-        apply(root, brk)
+        text = broken(root, brk)
+        with open(os.path.join(root, brk.path), 'w') as f:
+            f.write(text)
         env = dict(os.environ, PYTHONPATH=root, PYTHON=sys.executable)
         where = subprocess.run(
             [sys.executable, '-c', 'import convnext_mm; print(convnext_mm.__file__)'],
@@ -181,9 +182,7 @@ def main(argv=None):
         return
     # check every break applies before spending time on the first
     for b in breaks:
-        with open(os.path.join(ROOT, b.path)) as f:
-            if f.read().count(b.old) != 1:
-                raise SystemExit(f'{b.name}: its line is not (once) in {b.path}: update BREAKS')
+        broken(ROOT, b)
     print('| break | what a user would suffer | tests that turned red | s |')
     print('| --- | --- | --- | --- |')
     missed = []
