@@ -21,6 +21,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import Config  # noqa: E402
 
+from tools.get_flops import build_model  # noqa: E402
+
 BYTES_DDP = 16  # fp32 parameter + gradient + two AdamW states
 BYTES_GATHERED = 8  # a unit's whole parameters and gradients while it runs
 
@@ -42,15 +44,8 @@ def parse_args(argv=None):
 
 def build_on_meta(cfg: Config) -> torch.nn.Module:
     import convnext_mm  # noqa: F401
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.default_scope)
-    if cfg.default_scope == 'mmdet':
-        import mmdet.models  # noqa: F401
-    else:
-        import mmseg.models  # noqa: F401
-    cfg.model.backbone.pop('init_cfg', None)
     with torch.device('meta'):
-        return MODELS.build(cfg.model)
+        return build_model(cfg)
 
 
 def unit_sizes(model: torch.nn.Module):
