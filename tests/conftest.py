@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from forked_tools import ToolRun  # noqa: E402
+from forked_tools import ToolRun, start_worker_server  # noqa: E402
 
 
 if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1')) > 1:
@@ -142,8 +142,10 @@ def run_agents(command: list, nodes: int, started: int = None, timeout: int = 60
                **env) -> list:
     """``bash COMMAND`` once per node (NNODES=nodes, NODE_RANK=i, one free port), for the first
     ``started`` nodes (default all); every agent and its workers are killed on the way out,
-    whatever happened. Returns each agent's (exit code, output)."""
+    whatever happened. The workers start as forks of a server with the libraries imported
+    (tests/forked_tools.py). Returns each agent's (exit code, output)."""
     port, agents = str(free_port()), []
+    env.setdefault('WORKER_SERVER', start_worker_server())
     try:
         for node in range(nodes if started is None else started):
             node_env = dict(os.environ, NNODES=str(nodes), NODE_RANK=str(node),
