@@ -41,8 +41,8 @@ if [ ! -x "$PY" ]; then
 fi
 
 # Packages go in through uv (a pinned release from PyPI, installed by pip): with its cache
-# warm it links the 5.5 GB of torch into a new venv where pip unpacks them (about 25 s for
-# this script instead of 2.5 minutes). It is given the indexes, links and constraints pip is
+# warm it links the 5.5 GB of torch into a new venv where pip unpacks them (this script takes
+# about 50 s instead of 2.5 minutes). It is given the indexes, links and constraints pip is
 # configured with and, like pip, takes the best version across them; it compiles the modules
 # as pip does (with PYTHONDONTWRITEBYTECODE set, every process would compile torch again).
 # Without uv, pip does it all.
