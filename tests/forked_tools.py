@@ -197,9 +197,9 @@ def start_worker_server() -> str:
     global _worker_server
     if _worker_server is None:
         address = os.path.join(tempfile.mkdtemp(prefix='workers-'), 'socket')
+        # daemonic: multiprocessing terminates it when this process exits
         process = _forkserver().Process(target=_serve_workers, args=(address,), daemon=True)
         process.start()
-        atexit.register(process.terminate)
         while not os.path.exists(address) and process.is_alive():
             process.join(0.05)
         _worker_server = address
